@@ -1,0 +1,1 @@
+"""Where requests run: OpenAI-compatible HTTP servers (and, later, embedded models)."""

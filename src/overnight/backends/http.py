@@ -1,0 +1,234 @@
+"""The backend for any OpenAI-compatible HTTP server (OpenAI itself, vLLM, llama.cpp, Ollama, ...).
+
+URL rule: `send` gets endpoints as the batch API names them (`/v1/chat/completions`). When the
+configured `base_url` already ends in `/v1`, that leading `/v1` is dropped from the endpoint, so
+`http://host:8001/v1` and `http://host:8001` both reach `http://host:8001/v1/chat/completions`.
+Any other base path is kept (`https://host/openai/v1` + `/v1/embeddings` -> `.../openai/v1/embeddings`).
+
+Bodies: the request body is sent byte for byte. The answer's body is kept byte for byte when it is
+a JSON object on one line; a JSON object spread over several lines (pretty-printed, or ending in a
+newline) is re-encoded compactly, because result lines splice it into JSONL. Anything else is
+wrapped in an OpenAI-shaped error object. A 2xx answer that is not a JSON object becomes a 502.
+Requests that get no HTTP answer end as 502 (`upstream_unreachable`) or 504 (`upstream_timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from overnight.backends.base import UpstreamResponse
+from overnight.backends.retry import is_retryable_status, parse_retry_after, retry_delay
+from overnight.config import BackendConfig
+from overnight.domain.clock import Clock, SystemClock
+
+MAX_ERROR_TEXT = 1000
+KEEPALIVE_S = 4.0
+
+
+class _AnyObject(msgspec.Struct):
+    """Decoding into this checks that bytes are one JSON object, skipping (not building) its fields."""
+
+
+_object_decoder = msgspec.json.Decoder(_AnyObject)
+_any_decoder = msgspec.json.Decoder()
+_encode = msgspec.json.encode
+
+# How one attempt ended without an HTTP answer: (status for the result line, error code).
+_UNREACHABLE = (502, "upstream_unreachable")
+_TIMEOUT = (504, "upstream_timeout")
+
+
+def error_body(message: str, code: str | None, kind: str = "upstream_error") -> bytes:
+    """An OpenAI-shaped error object."""
+    return _encode({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def normalize_body(status: int, data: bytes) -> tuple[int, bytes]:
+    """(status, body) with body the bytes of a JSON object on one line; see the module docstring."""
+    try:
+        _object_decoder.decode(data)
+        if not data.isascii():
+            data.decode()  # skipping does not check UTF-8
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        pass
+    else:
+        if b"\n" in data or b"\r" in data:
+            return status, _encode(_any_decoder.decode(data))
+        return status, data
+    text = data.decode("utf-8", errors="replace").strip()
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "..."
+    if 200 <= status < 300:
+        message = f"The upstream answered HTTP {status} with a body that is not a JSON object: {text!r}"
+        return 502, error_body(message, "upstream_invalid_response")
+    if not text:
+        text = f"The upstream answered HTTP {status} with an empty body."
+    return status, error_body(text, None)
+
+
+def _new_request_id() -> str:
+    return "req_" + os.urandom(16).hex()
+
+
+class HttpBackend:
+    """An OpenAI-compatible server reached over HTTP, with pooling, a concurrency bound and retries."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        *,
+        api_key: str | None,
+        timeout_s: float,
+        max_attempts: int,
+        base_delay_s: float,
+        max_delay_s: float,
+        rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = config.name
+        self.max_concurrency = config.max_concurrency
+        self.config = config
+        self._patterns = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in config.models))
+        self._base = config.base_url.rstrip("/")
+        self._strip_v1 = self._base.endswith("/v1")
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout_s = timeout_s
+        self._max_attempts = max(1, max_attempts)
+        self._base_delay_s = base_delay_s
+        self._max_delay_s = max_delay_s
+        self._rand = rand
+        self._sleep = sleep
+        self._clock = clock if clock is not None else SystemClock()
+        self._urls: dict[str, URL] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"HttpBackend(name={self.name!r}, base_url={self._base!r})"
+
+    def serves(self, model: str) -> bool:
+        return self._patterns.fullmatch(model) is not None
+
+    def url_for(self, endpoint: str) -> URL:
+        url = self._urls.get(endpoint)
+        if url is None:
+            path = endpoint if endpoint.startswith("/") else "/" + endpoint
+            if self._strip_v1 and (path == "/v1" or path.startswith("/v1/")):
+                path = path[3:]
+            url = URL(self._base + path)
+            self._urls[endpoint] = url
+        return url
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_concurrency,
+            limit_per_host=0,
+            # below the 5 s idle limit of uvicorn (vLLM, most Python servers), so we rarely send
+            # on a connection the server is closing (that costs an attempt and a retry delay)
+            keepalive_timeout=KEEPALIVE_S,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"backend {self.name!r} is not started")
+        url = self.url_for(endpoint)
+        attempt = 1
+        while True:
+            async with self._slots:
+                outcome = await self._attempt(session, url, body)
+            if isinstance(outcome, tuple):  # no HTTP answer
+                if attempt >= self._max_attempts:
+                    return self._no_answer(outcome, attempt)
+                delay = self._delay(attempt, None)
+            else:
+                status, data, headers = outcome.status, outcome.data, outcome.headers
+                if status < 300 or attempt >= self._max_attempts or not _should_retry(status, headers):
+                    return self._answer(status, data, headers)
+                delay = self._delay(attempt, parse_retry_after(headers, self._clock.now()))
+            await self._sleep(delay)
+            attempt += 1
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, url: URL, body: bytes
+    ) -> _Answer | tuple[int, str, str]:
+        try:
+            async with session.post(url, data=body) as resp:
+                data = await resp.read()
+                return _Answer(resp.status, data, resp.headers)
+        except TimeoutError:  # asyncio.TimeoutError and aiohttp's ServerTimeoutError
+            return (*_TIMEOUT, f"no answer within {self._timeout_s:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return (*_UNREACHABLE, _describe(exc))
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        return retry_delay(
+            attempt,
+            base=self._base_delay_s,
+            cap=self._max_delay_s,
+            retry_after=retry_after,
+            rand=self._rand,
+        )
+
+    def _answer(self, status: int, data: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        request_id = headers.get("x-request-id") or _new_request_id()
+        status, data = normalize_body(status, data)
+        return UpstreamResponse(status, data, request_id)
+
+    def _no_answer(self, outcome: tuple[int, str, str], attempts: int) -> UpstreamResponse:
+        status, code, detail = outcome
+        tries = "attempt" if attempts == 1 else "attempts"
+        message = f"Backend {self.name!r} gave no answer after {attempts} {tries}: {detail}"
+        return UpstreamResponse(status, error_body(message, code), _new_request_id())
+
+
+class _Answer:
+    __slots__ = ("data", "headers", "status")
+
+    def __init__(self, status: int, data: bytes, headers: Mapping[str, str]) -> None:
+        self.status = status
+        self.data = data
+        self.headers = headers
+
+
+def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
+    override = headers.get("x-should-retry")
+    if override == "true":
+        return True
+    if override == "false":
+        return False
+    return is_retryable_status(status)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,1 @@
+"""File contents: uploaded inputs and generated output/error files."""

@@ -1,0 +1,103 @@
+"""The `overnight` command: thin; it parses arguments and hands over to the server or the runner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from overnight import __version__
+from overnight.config import ConfigError, Settings, load_settings
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overnight", description="A self-hosted, OpenAI-compatible Batch API."
+    )
+    parser.add_argument("--version", action="version", version=f"overnight {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API and its worker")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--data-dir", dest="data_dir", help="folder for the database and files (default ./data)"
+    )
+    _backend_flags(serve)
+
+    run = commands.add_parser("run", help="validate and run a JSONL batch file without a server")
+    run.add_argument("input", type=Path, help="batch input file (JSONL)")
+    run.add_argument("-o", "--output", type=Path, required=True, help="where successful lines go")
+    run.add_argument("--errors", type=Path, help="where failed lines go (default: beside the output)")
+    _backend_flags(run)
+    return parser
+
+
+def _backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--upstream", help="base URL of an OpenAI-compatible server serving every model")
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("host", "port", "data_dir", "config", "upstream", "log_level")
+    return load_settings({name: getattr(args, name, None) for name in names})
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def _errors_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
+
+
+async def _run_offline(settings: Settings, args: argparse.Namespace) -> int:
+    from overnight.backends.router import Router
+    from overnight.offline import run_file
+    from overnight.wiring import build_backends
+
+    router = Router(build_backends(settings))
+    await router.start()
+    try:
+        return await run_file(router, args.input, args.output, args.errors or _errors_path(args.output))
+    finally:
+        await router.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
+        if args.command == "serve":
+            from overnight.server import serve
+
+            _run(serve(settings))
+            return 0
+        if not args.input.is_file():
+            print(f"overnight: error: input file {str(args.input)!r} does not exist", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        code: int = _run(_run_offline(settings, args))
+        return code
+    except ConfigError as error:
+        print(f"overnight: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

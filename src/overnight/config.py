@@ -1,0 +1,312 @@
+"""Typed settings, declared once. Precedence: CLI flag > OVERNIGHT_* environment > config file > default.
+
+docs/settings.md documents every field below; tests/unit/test_settings_doc.py keeps it true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from overnight.domain.limits import parse_window
+
+ENV_PREFIX = "OVERNIGHT_"
+
+
+class ConfigError(Exception):
+    """A bad setting; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    base_url: str
+    models: tuple[str, ...] = ("*",)
+    api_key_env: str | None = None
+    max_concurrency: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key: str
+    project: str
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata=_help("Address the HTTP API listens on."))
+    port: int = field(default=8000, metadata=_help("Port the HTTP API listens on."))
+    data_dir: Path = field(
+        default=Path("data"),
+        metadata=_help("Folder for the SQLite database and file contents; created if missing."),
+    )
+    config: Path | None = field(default=None, metadata=_help("TOML config file to read settings from."))
+    upstream: str | None = field(
+        default=None,
+        metadata=_help(
+            "Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8001/v1) that serves every "
+            "model the configured backends do not."
+        ),
+    )
+    upstream_api_key_env: str | None = field(
+        default=None, metadata=_help("Name of the environment variable holding the key for `upstream`.")
+    )
+    upstream_max_concurrency: int = field(
+        default=64, metadata=_help("Requests in flight to `upstream` at once.")
+    )
+    api_keys: tuple[ApiKey, ...] = field(
+        default=(),
+        metadata=_help(
+            "Accepted API keys and the project each belongs to. Empty: any bearer token is accepted "
+            "(local development). Environment form: `key1=project1,key2=project2`; file form: "
+            "`[[api_keys]]` tables with `key` and `project`."
+        ),
+    )
+    completion_windows: tuple[str, ...] = field(
+        default=("24h",),
+        metadata=_help(
+            "Completion windows a batch may ask for, e.g. `24h,1h,7d` (units s, m, h, d). OpenAI accepts "
+            "only `24h`."
+        ),
+    )
+    request_timeout_s: float = field(
+        default=600.0, metadata=_help("Seconds one upstream attempt may take before it is abandoned.")
+    )
+    max_attempts: int = field(
+        default=5, metadata=_help("Attempts per request (first try included) on 408/409/429/5xx/timeouts.")
+    )
+    retry_base_delay_s: float = field(
+        default=0.5, metadata=_help("First retry delay; doubled on each attempt, with jitter.")
+    )
+    retry_max_delay_s: float = field(
+        default=30.0, metadata=_help("Upper bound on one retry delay, `retry-after` included.")
+    )
+    result_flush_interval_s: float = field(
+        default=0.05, metadata=_help("How often finished results are committed together (group commit).")
+    )
+    worker_poll_interval_s: float = field(
+        default=1.0, metadata=_help("How often the worker looks for work it was not woken for.")
+    )
+    file_sweep_interval_s: float = field(
+        default=60.0, metadata=_help("How often files past their `expires_at` are deleted.")
+    )
+    log_level: str = field(default="info", metadata=_help("debug, info, warning or error."))
+    backends: tuple[BackendConfig, ...] = field(
+        default=(),
+        metadata=_help(
+            "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
+            "`api_key_env`, `max_concurrency`). Config file only."
+        ),
+    )
+
+    def all_backends(self) -> tuple[BackendConfig, ...]:
+        """The configured backends, then `upstream` as a catch-all if given."""
+        if self.upstream is None:
+            return self.backends
+        catch_all = BackendConfig(
+            name="upstream",
+            base_url=self.upstream,
+            models=("*",),
+            api_key_env=self.upstream_api_key_env,
+            max_concurrency=self.upstream_max_concurrency,
+        )
+        return (*self.backends, catch_all)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"setting '{name}': expected an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{name}': expected an integer, got {value!r}") from None
+    if number <= 0 or (isinstance(value, float) and value != number):
+        raise ConfigError(f"setting '{name}': expected a positive integer, got {value!r}")
+    return number
+
+
+def _port(name: str, value: Any) -> int:
+    number = _positive_int(name, value)
+    if number > 65535:
+        raise ConfigError(f"setting '{name}': {number} is not a TCP port")
+    return number
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{name}': expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not number > 0:
+        raise ConfigError(f"setting '{name}': expected a positive number, got {value!r}")
+    return number
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"setting '{name}': expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    return None if value in (None, "") else _text(name, value)
+
+
+def _path(name: str, value: Any) -> Path:
+    return Path(_text(name, value))
+
+
+def _optional_path(name: str, value: Any) -> Path | None:
+    return None if value in (None, "") else _path(name, value)
+
+
+def _url(name: str, value: Any) -> str:
+    text = _text(name, value)
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"setting '{name}': {text!r} is not an http(s) URL")
+    return text.rstrip("/")
+
+
+def _optional_url(name: str, value: Any) -> str | None:
+    return None if value in (None, "") else _url(name, value)
+
+
+def _log_level(name: str, value: Any) -> str:
+    text = _text(name, value).lower()
+    if text not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"setting '{name}': expected debug, info, warning or error, got {value!r}")
+    return text
+
+
+def _string_list(name: str, value: Any) -> tuple[str, ...]:
+    items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+        raise ConfigError(f"setting '{name}': expected a list of strings, got {value!r}")
+    return tuple(items)
+
+
+def _windows(name: str, value: Any) -> tuple[str, ...]:
+    windows = _string_list(name, value)
+    if not windows:
+        raise ConfigError(f"setting '{name}': at least one completion window is needed")
+    for window in windows:
+        if parse_window(window) is None:
+            raise ConfigError(f"setting '{name}': {window!r} is not a window like 24h, 90m, 7d or 30s")
+    return windows
+
+
+def _api_keys(name: str, value: Any) -> tuple[ApiKey, ...]:
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        value = [{"key": p[0].strip(), "project": p[1].strip() if len(p) > 1 else ""} for p in pairs]
+    if not isinstance(value, list):
+        raise ConfigError(f"setting '{name}': expected a list of {{key, project}} tables")
+    keys = []
+    for index, entry in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"setting '{where}': expected a table with key and project")
+        keys.append(
+            ApiKey(
+                key=_text(f"{where}.key", entry.get("key")),
+                project=_text(f"{where}.project", entry.get("project")),
+            )
+        )
+    return tuple(keys)
+
+
+def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"setting '{name}': expected [[backends]] tables")
+    backends: list[BackendConfig] = []
+    for index, entry in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"setting '{where}': expected a table")
+        known = {f.name for f in dataclasses.fields(BackendConfig)}
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ConfigError(f"setting '{where}.{unknown[0]}': unknown backend setting")
+        backend = BackendConfig(
+            name=_text(f"{where}.name", entry.get("name")),
+            base_url=_url(f"{where}.base_url", entry.get("base_url")),
+            models=_string_list(f"{where}.models", entry.get("models", ["*"])),
+            api_key_env=_optional_text(f"{where}.api_key_env", entry.get("api_key_env")),
+            max_concurrency=_positive_int(f"{where}.max_concurrency", entry.get("max_concurrency", 64)),
+        )
+        if any(b.name == backend.name for b in backends):
+            raise ConfigError(f"setting '{where}.name': backend name {backend.name!r} is used twice")
+        backends.append(backend)
+    return tuple(backends)
+
+
+PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "host": _text,
+    "port": _port,
+    "data_dir": _path,
+    "config": _optional_path,
+    "upstream": _optional_url,
+    "upstream_api_key_env": _optional_text,
+    "upstream_max_concurrency": _positive_int,
+    "api_keys": _api_keys,
+    "completion_windows": _windows,
+    "request_timeout_s": _positive_float,
+    "max_attempts": _positive_int,
+    "retry_base_delay_s": _positive_float,
+    "retry_max_delay_s": _positive_float,
+    "result_flush_interval_s": _positive_float,
+    "worker_poll_interval_s": _positive_float,
+    "file_sweep_interval_s": _positive_float,
+    "log_level": _log_level,
+    "backends": _backends,
+}
+FILE_ONLY = frozenset({"backends"})
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"setting 'config': file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"setting 'config': {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(PARSERS) - {"config"})
+    if unknown:
+        raise ConfigError(f"setting '{unknown[0]}' in {str(path)!r}: unknown setting")
+    return data
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge flags (None means 'not given'), OVERNIGHT_* variables, the config file and defaults."""
+    environ = os.environ if environ is None else environ
+    given_flags = {name: value for name, value in flags.items() if value is not None}
+    from_env = {
+        name: environ[env_name(name)]
+        for name in PARSERS
+        if name not in FILE_ONLY and env_name(name) in environ
+    }
+    config_value = given_flags.get("config", from_env.get("config"))
+    config_path = _optional_path("config", config_value)
+    from_file = _read_config_file(config_path) if config_path else {}
+    merged: dict[str, Any] = {**from_file, **from_env, **given_flags}
+    values = {name: PARSERS[name](name, raw) for name, raw in merged.items()}
+    return Settings(**values)

@@ -1,0 +1,45 @@
+"""The one error hierarchy. Services raise these; the HTTP layer renders them in OpenAI's shape."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    """A request that can never succeed as sent; clients must not retry it."""
+
+    status = 409
+
+
+class ServerError(ApiError):
+    status = 500
+    type = "server_error"
+
+
+def file_not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="id")
+
+
+def batch_not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.", param="id")

@@ -1,0 +1,44 @@
+"""Identifiers shaped like OpenAI's, sortable by creation time so cursors are cheap."""
+
+from __future__ import annotations
+
+import secrets
+
+from overnight.domain.clock import Clock
+
+FILE_PREFIX = "file-"
+BATCH_PREFIX = "batch_"
+REQUEST_PREFIX = "batch_req_"
+_RANDOM_HEX = 20
+_RANDOM_LIMIT = 16**_RANDOM_HEX
+
+
+class IdGenerator:
+    """Makes ids whose suffix is 12 hex digits of milliseconds then 20 hex digits.
+
+    Within one generator ids are strictly increasing, so sorting by id is sorting by creation.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def _next_suffix(self) -> str:
+        millis = int(self._clock.now() * 1000)
+        candidate = (millis << (4 * _RANDOM_HEX)) | secrets.randbelow(_RANDOM_LIMIT // 2)
+        if candidate <= self._last:
+            candidate = self._last + 1
+        self._last = candidate
+        return f"{candidate:032x}"
+
+    def file_id(self) -> str:
+        return FILE_PREFIX + self._next_suffix()
+
+    def batch_id(self) -> str:
+        return BATCH_PREFIX + self._next_suffix()
+
+
+def request_line_id(batch_id: str, line_no: int) -> str:
+    """The `id` of an output/error line: stable for a (batch, line) so re-runs write the same id."""
+    suffix = batch_id.removeprefix(BATCH_PREFIX)
+    return f"{REQUEST_PREFIX}{suffix}{line_no:08x}"

@@ -1,0 +1,113 @@
+"""The values the service keeps: files, batches and per-line results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class BatchStatus(enum.StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class FileObject:
+    id: str
+    project: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    expires_at: int | None = None
+    status: str = "processed"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: str
+    project: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    created_at: int
+    expires_at: int
+    metadata: dict[str, str] | None = None
+    output_expires_after: int | None = None
+    model: str | None = None
+    errors: tuple[BatchError, ...] = ()
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = field(default_factory=RequestCounts)
+    usage: Usage = field(default_factory=Usage)
+
+
+class ResultKind(enum.StrEnum):
+    """Where a line lands and how it counts."""
+
+    SUCCEEDED = "succeeded"  # output file; request_counts.completed
+    FAILED = "failed"  # error file; request_counts.failed (the request ran and failed)
+    NOT_RUN = "not_run"  # error file; not counted (batch_cancelled / batch_expired)
+
+    @property
+    def in_output_file(self) -> bool:
+        return self is ResultKind.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One finished input line: the exact bytes of its output/error file line, and what it cost."""
+
+    line_no: int
+    kind: ResultKind
+    line: bytes
+    usage: Usage = field(default_factory=Usage)

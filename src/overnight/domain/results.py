@@ -1,0 +1,95 @@
+"""The lines of output and error files, built without re-decoding what the upstream sent."""
+
+from __future__ import annotations
+
+import msgspec
+
+from overnight.domain.models import ResultKind, ResultRow, Usage
+
+BATCH_CANCELLED = "batch_cancelled"
+BATCH_EXPIRED = "batch_expired"
+NOT_RUN_MESSAGES = {
+    BATCH_CANCELLED: "This request was not executed because the batch was cancelled.",
+    BATCH_EXPIRED: "This request could not be executed before the completion window expired.",
+}
+
+_encode = msgspec.json.encode
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class _UsageProbe(msgspec.Struct):
+    # chat/completions/embeddings name them prompt/completion; responses names them input/output
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+
+
+class _BodyProbe(msgspec.Struct):
+    usage: _UsageProbe | None = None
+
+
+_probe_decoder = msgspec.json.Decoder(_BodyProbe)
+
+
+def usage_of(body: bytes) -> Usage:
+    """Token usage reported in an upstream response body; zero when absent or unreadable."""
+    try:
+        found = _probe_decoder.decode(body).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return Usage()
+    if found is None:
+        return Usage()
+    input_details = found.input_tokens_details or found.prompt_tokens_details
+    output_details = found.output_tokens_details or found.completion_tokens_details
+    return Usage(
+        input_tokens=found.input_tokens or found.prompt_tokens,
+        output_tokens=found.output_tokens or found.completion_tokens,
+        cached_tokens=input_details.cached_tokens if input_details else 0,
+        reasoning_tokens=output_details.reasoning_tokens if output_details else 0,
+    )
+
+
+def response_row(
+    line_no: int, line_id: str, custom_id: str, status: int, request_id: str, body: bytes
+) -> ResultRow:
+    """The result of a request that got an HTTP answer; `body` must be a JSON object's bytes."""
+    line = b"".join(
+        (
+            b'{"id":',
+            _encode(line_id),
+            b',"custom_id":',
+            _encode(custom_id),
+            b',"response":{"status_code":',
+            str(status).encode(),
+            b',"request_id":',
+            _encode(request_id),
+            b',"body":',
+            body,
+            b'},"error":null}',
+        )
+    )
+    succeeded = 200 <= status < 300
+    kind = ResultKind.SUCCEEDED if succeeded else ResultKind.FAILED
+    return ResultRow(line_no, kind, line, usage_of(body) if succeeded else Usage())
+
+
+def not_run_row(line_no: int, line_id: str, custom_id: str, code: str) -> ResultRow:
+    """A line that never ran because the batch was cancelled or expired."""
+    line = _encode(
+        {
+            "id": line_id,
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": code, "message": NOT_RUN_MESSAGES[code]},
+        }
+    )
+    return ResultRow(line_no, ResultKind.NOT_RUN, line)

@@ -1,0 +1,1 @@
+"""The worker: validate, run requests under each backend's limits, record results, finalize."""

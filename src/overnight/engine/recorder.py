@@ -1,0 +1,60 @@
+"""Group commit: finished results are buffered and written together every few milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+from overnight.domain.models import ResultRow
+from overnight.store.base import MetadataStore
+
+
+class ResultRecorder:
+    """Collects result rows of one batch and records them in groups.
+
+    A crash loses at most the rows of one flush interval; those lines simply run again.
+    """
+
+    def __init__(
+        self, store: MetadataStore, batch_id: str, interval_s: float, max_pending: int = 2000
+    ) -> None:
+        self._store = store
+        self._batch_id = batch_id
+        self._interval = interval_s
+        self._max_pending = max_pending
+        self._pending: list[ResultRow] = []
+        self._wanted = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def add(self, row: ResultRow) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self._max_pending:
+            self._wanted.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows, self._pending = self._pending, []
+            self._wanted.clear()
+            if rows:
+                await self._store.record_results(self._batch_id, rows)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), self._interval)
+            await self.flush()
+
+    async def __aenter__(self) -> ResultRecorder:
+        self._flusher = asyncio.create_task(self._flush_periodically())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()

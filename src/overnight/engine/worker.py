@@ -1,0 +1,205 @@
+"""The in-process worker that drives every batch that is not finished through its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+
+from overnight.backends.router import Router
+from overnight.blobs.base import BlobStore, read_lines
+from overnight.domain.clock import Clock
+from overnight.domain.ids import request_line_id
+from overnight.domain.lifecycle import TERMINAL, transition
+from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
+from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
+from overnight.domain.validation import BatchValidator, is_blank, parse_request
+from overnight.engine.dispatch import run_lines
+from overnight.engine.outputs import publish_result_files
+from overnight.engine.recorder import ResultRecorder
+from overnight.services.files import blob_key
+from overnight.store.base import MetadataStore
+
+log = logging.getLogger("overnight.engine")
+S = BatchStatus
+ACTIVE = tuple(status for status in S if status not in TERMINAL)
+_YIELD_EVERY = 2000
+
+
+class Engine:
+    def __init__(
+        self,
+        store: MetadataStore,
+        blobs: BlobStore,
+        router: Router,
+        clock: Clock,
+        *,
+        flush_interval_s: float,
+        poll_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._router = router
+        self._clock = clock
+        self._flush_interval = flush_interval_s
+        self._poll_interval = poll_interval_s
+        self._wake = asyncio.Event()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Event] = {}
+
+    def wake(self) -> None:
+        """Look at the batches now rather than at the next poll (a batch was created or cancelled)."""
+        self._wake.set()
+
+    def _now(self) -> int:
+        return int(self._clock.now())
+
+    async def run(self) -> None:
+        """Drive batches until cancelled; on cancellation, stop every batch's work cleanly."""
+        try:
+            while True:
+                self._wake.clear()
+                await self.tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        drivers = list(self._drivers.values())
+        for task in drivers:
+            task.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)
+
+    async def tick(self) -> None:
+        """Start a driver for each active batch without one; signal cancels and expiries to running ones."""
+        now = self._now()
+        for batch in await self._store.batches_in(ACTIVE):
+            if batch.id not in self._drivers:
+                self._start_driver(batch.id)
+            elif batch.status is S.CANCELLING or self._expired(batch, now):
+                self._stops[batch.id].set()
+
+    async def idle(self) -> None:
+        """Wait until no batch is being driven (for tests and the offline runner)."""
+        while self._drivers:
+            await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+
+    def _start_driver(self, batch_id: str) -> None:
+        self._stops[batch_id] = asyncio.Event()
+        task = asyncio.create_task(self._drive(batch_id), name=f"batch {batch_id}")
+        self._drivers[batch_id] = task
+        task.add_done_callback(functools.partial(self._driver_done, batch_id))
+
+    def _driver_done(self, batch_id: str, task: asyncio.Task[None]) -> None:
+        self._drivers.pop(batch_id, None)
+        self._stops.pop(batch_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch driver failed id=%s", batch_id, exc_info=task.exception())
+
+    @staticmethod
+    def _expired(batch: Batch, now: int) -> bool:
+        return batch.status in (S.VALIDATING, S.IN_PROGRESS) and now >= batch.expires_at
+
+    async def _drive(self, batch_id: str) -> None:
+        while True:
+            batch = await self._store.get_batch(batch_id)
+            if batch is None or batch.status in TERMINAL:
+                return
+            if self._expired(batch, self._now()):
+                await self._end(batch, S.EXPIRED)
+            elif batch.status is S.VALIDATING:
+                await self._validate(batch)
+            elif batch.status is S.IN_PROGRESS:
+                await self._execute(batch)
+            elif batch.status is S.FINALIZING:
+                await self._complete(batch)
+            elif batch.status is S.CANCELLING:
+                await self._end(batch, S.CANCELLED)
+
+    async def _move(self, batch: Batch, target: BatchStatus, **changes: object) -> bool:
+        moved = transition(batch, target, self._now(), **changes)
+        ok = await self._store.transition_batch(moved, expected=(batch.status,))
+        if ok:
+            log.info("batch %s id=%s project=%s", target, batch.id, batch.project)
+        return ok
+
+    # -- validating ----------------------------------------------------------------------------
+    async def _validate(self, batch: Batch) -> None:
+        validator = BatchValidator(batch.endpoint, lambda model: self._router.backend_for(model) is not None)
+        try:
+            async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
+                validator.check_line(line_no, raw)
+                if line_no % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        except FileNotFoundError:
+            message = f"Cannot find file {batch.input_file_id}, or it is no longer available."
+            await self._move(
+                batch, S.FAILED, errors=(BatchError("invalid_request", message, "input_file_id"),)
+            )
+            return
+        result = validator.finish()
+        if not result.ok:
+            await self._move(batch, S.FAILED, errors=result.errors)
+            return
+        counts = type(batch.request_counts)(total=result.total)
+        await self._move(batch, S.IN_PROGRESS, model=result.model, request_counts=counts)
+
+    # -- in progress ---------------------------------------------------------------------------
+    async def _execute(self, batch: Batch) -> None:
+        stop = self._stops[batch.id]
+        backend = self._router.backend_for(batch.model or "")
+        if backend is None:
+            log.error("no backend serves model=%s any more; batch id=%s waits", batch.model, batch.id)
+            await stop.wait()
+            return
+        done = await self._store.finished_lines(batch.id)
+        async with ResultRecorder(self._store, batch.id, self._flush_interval) as recorder:
+            all_ran = await run_lines(
+                read_lines(self._blobs, blob_key(batch.input_file_id)),
+                backend=backend,
+                endpoint=batch.endpoint,
+                line_id=functools.partial(request_line_id, batch.id),
+                sink=recorder.add,
+                stop=stop,
+                skip=done.__contains__,
+            )
+        if all_ran:
+            await self._move(batch, S.FINALIZING)
+
+    # -- endings -------------------------------------------------------------------------------
+    async def _complete(self, batch: Batch) -> None:
+        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        if await self._move(batch, S.COMPLETED, output_file_id=output_id, error_file_id=error_id):
+            await self._cleanup(batch)
+
+    async def _end(self, batch: Batch, target: BatchStatus) -> None:
+        """Cancel or expire: lines without a result get a not-run line, then the files are written."""
+        if batch.in_progress_at is not None:
+            code = BATCH_CANCELLED if target is S.CANCELLED else BATCH_EXPIRED
+            await self._mark_not_run(batch, code)
+        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        if await self._move(batch, target, output_file_id=output_id, error_file_id=error_id):
+            await self._cleanup(batch)
+
+    async def _mark_not_run(self, batch: Batch, code: str) -> None:
+        done = await self._store.finished_lines(batch.id)
+        rows: list[ResultRow] = []
+        async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
+            if line_no in done or is_blank(raw):
+                continue
+            custom_id = parse_request(raw).custom_id
+            rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code))
+            if len(rows) >= _YIELD_EVERY:
+                await self._store.record_results(batch.id, rows)
+                rows = []
+        if rows:
+            await self._store.record_results(batch.id, rows)
+
+    async def _cleanup(self, batch: Batch) -> None:
+        await self._store.delete_results(batch.id)
+        input_id = batch.input_file_id
+        deleted = await self._store.get_file(batch.project, input_id) is None
+        if deleted and not await self._store.file_in_use(input_id):
+            await self._blobs.delete(blob_key(input_id))

@@ -1,0 +1,1 @@
+"""The HTTP API: app factory, one module per resource, auth, and the single error renderer."""

@@ -1,0 +1,55 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from overnight.http import batches, files
+from overnight.http.auth import Authenticator, auth_middleware
+from overnight.http.errors import errors_middleware
+from overnight.http.wire import json_response
+from overnight.services.batches import BatchesService
+from overnight.services.files import FilesService
+
+REQUEST_ID = "x-request-id"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = f"req_{secrets.token_hex(16)}"
+    request["request_id"] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID] = request_id
+        raise
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    return response
+
+
+async def _prepare_streams(request: web.Request, response: web.StreamResponse) -> None:
+    # Streamed responses are prepared inside their handler: stamp them here.
+    if REQUEST_ID not in response.headers and "request_id" in request:
+        response.headers[REQUEST_ID] = request["request_id"]
+
+
+async def health(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def create_app(
+    files_service: FilesService, batches_service: BatchesService, authenticator: Authenticator
+) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator)],
+        client_max_size=4 * 1024 * 1024,
+    )
+    app.on_response_prepare.append(_prepare_streams)
+    app.router.add_get("/health", health)
+    files.add_routes(app, files_service)
+    batches.add_routes(app, batches_service)
+    return app

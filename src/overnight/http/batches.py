@@ -1,0 +1,45 @@
+"""Handlers for /v1/batches."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from overnight.domain import limits
+from overnight.http.auth import project_of
+from overnight.http.params import json_object, limit_param
+from overnight.http.wire import batch_json, json_response, list_json
+from overnight.services.batches import BatchesService
+
+BATCHES = web.AppKey("batches", BatchesService)
+
+
+async def create(request: web.Request) -> web.Response:
+    batch = await request.app[BATCHES].create(project_of(request), await json_object(request))
+    return json_response(batch_json(batch))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    batch = await request.app[BATCHES].retrieve(project_of(request), request.match_info["batch_id"])
+    return json_response(batch_json(batch))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    page = await request.app[BATCHES].list(
+        project_of(request),
+        after=request.query.get("after"),
+        limit=limit_param(request, limits.BATCH_LIST_DEFAULT_LIMIT, limits.BATCH_LIST_MAX_LIMIT),
+    )
+    return json_response(list_json(page, batch_json))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    batch = await request.app[BATCHES].cancel(project_of(request), request.match_info["batch_id"])
+    return json_response(batch_json(batch))
+
+
+def add_routes(app: web.Application, service: BatchesService) -> None:
+    app[BATCHES] = service
+    app.router.add_post("/v1/batches", create)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)

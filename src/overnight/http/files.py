@@ -1,0 +1,124 @@
+"""Handlers for /v1/files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+
+from overnight.domain import limits
+from overnight.domain.errors import InvalidRequest
+from overnight.http.auth import project_of
+from overnight.http.params import choice_param, limit_param
+from overnight.http.wire import file_json, json_response, list_json
+from overnight.services.files import FilesService, StagedContent, UploadForm
+
+FILES = web.AppKey("files", FilesService)
+_TEXT_FIELD_LIMIT = 64 * 1024
+_DRAIN_LIMIT = 2 * limits.MAX_FILE_BYTES
+_CHUNK = 256 * 1024
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(_CHUNK):
+        yield chunk
+
+
+async def _text(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        data += chunk
+        if len(data) > _TEXT_FIELD_LIMIT:
+            raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
+    return data.decode("utf-8", errors="replace")
+
+
+async def _drain(request: web.Request) -> None:
+    """Read and drop the rest of a refused upload so the client reads our answer instead of a reset."""
+    drained = 0
+    while drained < _DRAIN_LIMIT and (chunk := await request.content.read(_CHUNK)):
+        drained += len(chunk)
+
+
+async def _read_form(
+    request: web.Request, service: FilesService
+) -> tuple[dict[str, str], str, StagedContent]:
+    fields: dict[str, str] = {}
+    staged: StagedContent | None = None
+    filename = "upload"
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidRequest("Nested multipart bodies are not supported.")
+        if part.name == "file" and staged is None:
+            filename = part.filename or "upload"
+            staged = await service.stage(_part_chunks(part), fields.get("purpose"))
+        elif part.name:
+            fields[part.name] = await _text(part)
+    if staged is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+        )
+    return fields, filename, staged
+
+
+async def upload(request: web.Request) -> web.Response:
+    service = request.app[FILES]
+    if request.content_type != "multipart/form-data":
+        raise InvalidRequest("Uploads must be sent as multipart/form-data.")
+    try:
+        fields, filename, staged = await _read_form(request, service)
+    except InvalidRequest:
+        await _drain(request)
+        raise
+    form = UploadForm(
+        filename=filename,
+        purpose=fields.get("purpose"),
+        expires_after_anchor=fields.get("expires_after[anchor]"),
+        expires_after_seconds=fields.get("expires_after[seconds]"),
+    )
+    file = await service.create(project_of(request), staged, form)
+    return json_response(file_json(file))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    file = await request.app[FILES].retrieve(project_of(request), request.match_info["file_id"])
+    return json_response(file_json(file))
+
+
+async def list_files(request: web.Request) -> web.Response:
+    page = await request.app[FILES].list(
+        project_of(request),
+        purpose=request.query.get("purpose"),
+        after=request.query.get("after"),
+        limit=limit_param(request, limits.FILE_LIST_DEFAULT_LIMIT, limits.FILE_LIST_MAX_LIMIT),
+        order="asc" if choice_param(request, "order", ("asc", "desc"), "desc") == "asc" else "desc",
+    )
+    return json_response(list_json(page, file_json))
+
+
+async def delete(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    await request.app[FILES].delete(project_of(request), file_id)
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    file, chunks = await request.app[FILES].content(project_of(request), request.match_info["file_id"])
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(file.bytes)}
+    )
+    await response.prepare(request)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application, service: FilesService) -> None:
+    app[FILES] = service
+    app.router.add_post("/v1/files", upload)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_get("/v1/files/{file_id}", retrieve)
+    app.router.add_delete("/v1/files/{file_id}", delete)
+    app.router.add_get("/v1/files/{file_id}/content", content)

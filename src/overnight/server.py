@@ -1,0 +1,74 @@
+"""`overnight serve`: the HTTP API and the in-process worker, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from aiohttp import web
+
+from overnight.config import ConfigError, Settings
+from overnight.http.app import create_app
+from overnight.wiring import Runtime, open_runtime
+
+log = logging.getLogger("overnight")
+SHUTDOWN_GRACE_S = 10.0
+
+
+@contextlib.contextmanager
+def exclusive_data_dir(data_dir: Path) -> Iterator[None]:
+    """One server per data folder: its worker owns every batch stored there."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"setting 'data_dir': {str(data_dir)!r} is in use by another Overnight server"
+            ) from None
+        yield
+
+
+async def _sweep_files(runtime: Runtime) -> None:
+    while True:
+        try:
+            removed = await runtime.files.sweep_expired()
+            if removed:
+                log.info("expired files deleted count=%d", removed)
+        except Exception:
+            log.exception("file sweep failed")
+        await asyncio.sleep(runtime.settings.file_sweep_interval_s)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(settings: Settings) -> None:
+    with exclusive_data_dir(settings.data_dir):
+        runtime = await open_runtime(settings)
+        app = create_app(runtime.files, runtime.batches, runtime.authenticator)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        workers = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
+        log.info("Overnight listening on http://%s:%d/v1", settings.host, settings.port)
+        try:
+            await _wait_for_signal()
+            log.info("shutting down")
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.wait(workers, timeout=SHUTDOWN_GRACE_S)
+            await runner.cleanup()
+            await runtime.close()

@@ -1,0 +1,187 @@
+"""Files: upload (streamed to blob storage), retrieve, list, delete, content, and expiry."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+from overnight.blobs.base import BlobStore, BlobTooLarge
+from overnight.domain import limits
+from overnight.domain.clock import Clock
+from overnight.domain.errors import InvalidRequest, file_not_found
+from overnight.domain.ids import IdGenerator
+from overnight.domain.models import FileObject
+from overnight.store.base import MetadataStore, Order, Page
+
+log = logging.getLogger("overnight.files")
+
+
+def blob_key(file_id: str) -> str:
+    return f"files/{file_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedContent:
+    """File content already streamed to blob storage, waiting for its record."""
+
+    file_id: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadForm:
+    filename: str
+    purpose: str | None
+    expires_after_anchor: str | None = None
+    expires_after_seconds: str | None = None
+
+
+def check_purpose(purpose: str | None) -> str:
+    if purpose is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
+    if purpose not in limits.UPLOAD_PURPOSES:
+        allowed = ", ".join(f"'{p}'" for p in limits.UPLOAD_PURPOSES)
+        raise InvalidRequest(
+            f"Invalid value: '{purpose}'. Supported values are: {allowed}.",
+            param="purpose",
+            code="invalid_value",
+        )
+    return purpose
+
+
+def size_limit(purpose: str | None) -> int:
+    return limits.MAX_BATCH_INPUT_BYTES if purpose == "batch" else limits.MAX_FILE_BYTES
+
+
+def too_large(purpose: str | None) -> InvalidRequest:
+    if purpose == "batch":
+        message = f"The batch input file is larger than the {limits.MAX_BATCH_INPUT_BYTES} maximum."
+    else:
+        message = f"File is too large. The maximum size is {limits.MAX_FILE_BYTES} bytes."
+    return InvalidRequest(message, param="file", code="file_too_large")
+
+
+def _expiry_seconds(anchor: str | None, seconds: str | None) -> int | None:
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(
+            f"Invalid value: '{anchor}'. Supported values are: 'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        raise InvalidRequest(
+            "Invalid type for 'expires_after.seconds': expected an integer.",
+            param="expires_after.seconds",
+            code="invalid_type",
+        ) from None
+    low, high = limits.EXPIRES_AFTER_MIN_SECONDS, limits.EXPIRES_AFTER_MAX_SECONDS
+    if not low <= value <= high:
+        raise InvalidRequest(
+            f"'expires_after.seconds' must be between {low} and {high}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return value
+
+
+class FilesService:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, ids: IdGenerator, clock: Clock) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._ids = ids
+        self._clock = clock
+
+    async def stage(self, chunks: AsyncIterable[bytes], purpose: str | None) -> StagedContent:
+        """Stream content to storage, refusing it once it passes the purpose's size limit."""
+        file_id = self._ids.file_id()
+        try:
+            size = await self._blobs.put(blob_key(file_id), chunks, max_bytes=size_limit(purpose))
+        except BlobTooLarge:
+            raise too_large(purpose) from None
+        return StagedContent(file_id, size)
+
+    async def discard(self, staged: StagedContent) -> None:
+        await self._blobs.delete(blob_key(staged.file_id))
+
+    async def create(self, project: str, staged: StagedContent, form: UploadForm) -> FileObject:
+        """Record staged content as a file; on any invalid field the content is discarded."""
+        try:
+            file = self._describe(project, staged, form)
+        except InvalidRequest:
+            await self.discard(staged)
+            raise
+        await self._store.add_file(file)
+        log.info(
+            "file uploaded id=%s project=%s purpose=%s bytes=%d", file.id, project, file.purpose, file.bytes
+        )
+        return file
+
+    def _describe(self, project: str, staged: StagedContent, form: UploadForm) -> FileObject:
+        purpose = check_purpose(form.purpose)
+        if staged.size > size_limit(purpose):
+            raise too_large(purpose)
+        extension = posixpath.splitext(form.filename)[1].lower()
+        if purpose == "batch" and extension not in ("", ".jsonl"):
+            raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl")
+        now = int(self._clock.now())
+        ttl = _expiry_seconds(form.expires_after_anchor, form.expires_after_seconds)
+        if ttl is None and purpose == "batch":
+            ttl = limits.BATCH_FILE_DEFAULT_TTL_SECONDS
+        return FileObject(
+            id=staged.file_id,
+            project=project,
+            bytes=staged.size,
+            created_at=now,
+            filename=form.filename,
+            purpose=purpose,
+            expires_at=None if ttl is None else now + ttl,
+        )
+
+    async def retrieve(self, project: str, file_id: str) -> FileObject:
+        file = await self._store.get_file(project, file_id)
+        if file is None:
+            raise file_not_found(file_id)
+        return file
+
+    async def list(
+        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+    ) -> Page[FileObject]:
+        return await self._store.list_files(project, purpose=purpose, after=after, limit=limit, order=order)
+
+    async def delete(self, project: str, file_id: str) -> None:
+        if not await self._store.delete_file(project, file_id):
+            raise file_not_found(file_id)
+        await self._forget_content(file_id)
+
+    async def _forget_content(self, file_id: str) -> None:
+        # A running batch still reads its input: the engine removes the content when the batch ends.
+        if not await self._store.file_in_use(file_id):
+            await self._blobs.delete(blob_key(file_id))
+
+    async def content(self, project: str, file_id: str) -> tuple[FileObject, AsyncIterator[bytes]]:
+        file = await self.retrieve(project, file_id)
+        if file.purpose in limits.DOWNLOAD_FORBIDDEN_PURPOSES:
+            raise InvalidRequest(f"Not allowed to download files of purpose: {file.purpose}")
+        if not await self._blobs.exists(blob_key(file_id)):
+            raise file_not_found(file_id)
+        return file, self._blobs.read(blob_key(file_id))
+
+    async def sweep_expired(self, batch_size: int = 500) -> int:
+        """Delete files past their expires_at; returns how many went."""
+        removed = 0
+        while True:
+            due = await self._store.files_expired_before(int(self._clock.now()), batch_size)
+            for file in due:
+                if await self._store.delete_file(file.project, file.id):
+                    await self._forget_content(file.id)
+                    removed += 1
+            if len(due) < batch_size:
+                return removed

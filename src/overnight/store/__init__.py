@@ -1,0 +1,1 @@
+"""Metadata storage: files, batches and per-line results."""

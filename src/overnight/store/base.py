@@ -1,0 +1,86 @@
+"""The metadata store interface. Every implementation passes tests/contract/test_store_contract.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from overnight.domain.models import Batch, BatchStatus, FileObject, ResultKind, ResultRow
+
+Order = Literal["asc", "desc"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+class MetadataStore(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- files ---------------------------------------------------------------------------------
+    async def add_file(self, file: FileObject) -> None:
+        """Store the record, replacing one with the same id (finalizing again rewrites its files)."""
+        ...
+
+    async def get_file(self, project: str, file_id: str) -> FileObject | None: ...
+
+    async def list_files(
+        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+    ) -> Page[FileObject]:
+        """Files of a project ordered by id (= creation), starting after the file `after`."""
+        ...
+
+    async def delete_file(self, project: str, file_id: str) -> bool:
+        """Remove the file's record; False when it did not exist."""
+        ...
+
+    async def files_expired_before(self, now: int, limit: int) -> list[FileObject]:
+        """Files of any project whose `expires_at` is at or before `now`."""
+        ...
+
+    async def file_in_use(self, file_id: str) -> bool:
+        """True while a batch that is not in a terminal status reads this file."""
+        ...
+
+    # -- batches -------------------------------------------------------------------------------
+    async def add_batch(self, batch: Batch) -> None: ...
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
+        """The batch with live `request_counts` and `usage`; None if absent or another project's."""
+        ...
+
+    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
+        """Batches of a project, newest first, starting after the batch `after`."""
+        ...
+
+    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
+        """Compare-and-set: store `batch` only if the stored status is one of `expected`."""
+        ...
+
+    async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
+        """Every batch (of any project) in one of these statuses, oldest first."""
+        ...
+
+    # -- results -------------------------------------------------------------------------------
+    async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
+        """Insert rows whose line has no result yet (others are ignored) and update the batch's
+        request_counts and usage in the same transaction. Returns how many rows were new."""
+        ...
+
+    async def finished_lines(self, batch_id: str) -> set[int]:
+        """Line numbers that already have a result."""
+        ...
+
+    def results(self, batch_id: str, kind: Collection[ResultKind]) -> AsyncIterator[ResultRow]:
+        """Results of one batch in line order, streamed."""
+        ...
+
+    async def delete_results(self, batch_id: str) -> None: ...

@@ -1,0 +1,409 @@
+"""The metadata store on SQLite: one connection, owned by one thread, so writes never contend."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from overnight.domain.clock import Clock, SystemClock
+from overnight.domain.lifecycle import STAMP, TERMINAL
+from overnight.domain.models import (
+    Batch,
+    BatchError,
+    BatchStatus,
+    FileObject,
+    RequestCounts,
+    ResultKind,
+    ResultRow,
+    Usage,
+)
+from overnight.store import schema
+from overnight.store.base import Order, Page
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+RESULTS_PAGE = 1000
+BUSY_TIMEOUT_MS = 5000
+
+# -- connection and schema -----------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _applied_versions(conn: sqlite3.Connection) -> set[int]:
+    return {version for (version,) in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[schema.Migration], now: int) -> None:
+    """Apply the migrations the database lacks, each in its own transaction."""
+    conn.execute(schema.SCHEMA_MIGRATIONS_DDL)
+    schema.check_known(_applied_versions(conn), migrations)
+    for migration in migrations:
+        with _transaction(conn):
+            if migration.version in _applied_versions(conn):  # also when another process just did it
+                continue
+            for statement in schema.split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (migration.version, now)
+            )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _connect_and_migrate(path: Path, migrations: Sequence[schema.Migration], now: int) -> sqlite3.Connection:
+    conn = _connect(path)
+    try:
+        _migrate(conn, migrations, now)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# -- rows <-> values -------------------------------------------------------------------------------
+
+_FILE_COLUMNS = tuple(field.name for field in dataclasses.fields(FileObject))
+_FILE_SELECT = f"SELECT {', '.join(_FILE_COLUMNS)} FROM files"
+
+_STAMPS = tuple(STAMP.values())
+# Columns that hold a Batch field as it is.
+_BATCH_PLAIN = (
+    *("id", "project", "endpoint", "input_file_id", "completion_window", "created_at", "expires_at"),
+    *("output_expires_after", "model", "output_file_id", "error_file_id", *_STAMPS),
+)
+_COUNTERS = ("completed", "failed", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+_BATCH_COLUMNS = (*_BATCH_PLAIN, "status", "metadata", "errors", "total", *_COUNTERS)
+_BATCH_SELECT = f"SELECT {', '.join(_BATCH_COLUMNS)} FROM batches"
+_BATCH_INSERT = (
+    f"INSERT INTO batches ({', '.join(_BATCH_COLUMNS)}) VALUES ({', '.join('?' for _ in _BATCH_COLUMNS)})"
+)
+# What a transition may change: never the counters, which belong to record_results.
+_TRANSITION_COLUMNS = ("status", "model", "errors", "output_file_id", "error_file_id", "total", *_STAMPS)
+_TRANSITION_SET = ", ".join(f"{column} = ?" for column in _TRANSITION_COLUMNS)
+
+_RESULT_INSERT = (
+    "INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,"
+    " reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, line_no) DO NOTHING"
+)
+_COUNTERS_ADD = (
+    f"UPDATE batches SET {', '.join(f'{column} = {column} + ?' for column in _COUNTERS)} WHERE id = ?"
+)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _batch_values(batch: Batch) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(batch, name) for name in _BATCH_PLAIN}
+    values["status"] = batch.status.value
+    values["metadata"] = None if batch.metadata is None else json.dumps(batch.metadata)
+    values["errors"] = json.dumps([dataclasses.asdict(error) for error in batch.errors])
+    values["total"] = batch.request_counts.total
+    values["completed"] = batch.request_counts.completed
+    values["failed"] = batch.request_counts.failed
+    values.update(dataclasses.asdict(batch.usage))
+    return values
+
+
+def _batch_from_row(row: Sequence[Any]) -> Batch:
+    values = dict(zip(_BATCH_COLUMNS, row, strict=True))
+    return Batch(
+        **{name: values[name] for name in _BATCH_PLAIN},
+        status=BatchStatus(values["status"]),
+        metadata=None if values["metadata"] is None else json.loads(values["metadata"]),
+        errors=tuple(BatchError(**error) for error in json.loads(values["errors"])),
+        request_counts=RequestCounts(values["total"], values["completed"], values["failed"]),
+        usage=Usage(
+            values["input_tokens"],
+            values["output_tokens"],
+            values["cached_tokens"],
+            values["reasoning_tokens"],
+        ),
+    )
+
+
+def _page(items: list[T], limit: int) -> Page[T]:
+    return Page(items=items[:limit], has_more=len(items) > limit)
+
+
+# -- the operations, each run on the store's thread ------------------------------------------------
+
+
+def _add_file(conn: sqlite3.Connection, file: FileObject) -> None:
+    values = tuple(getattr(file, name) for name in _FILE_COLUMNS)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "id")
+    conn.execute(
+        f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({_placeholders(len(values))})"
+        f" ON CONFLICT (id) DO UPDATE SET {updates}",
+        values,
+    )
+
+
+def _get_file(conn: sqlite3.Connection, project: str, file_id: str) -> FileObject | None:
+    row = conn.execute(f"{_FILE_SELECT} WHERE id = ? AND project = ?", (file_id, project)).fetchone()
+    return None if row is None else FileObject(*row)
+
+
+def _list_files(
+    conn: sqlite3.Connection, project: str, purpose: str | None, after: str | None, limit: int, order: Order
+) -> Page[FileObject]:
+    ascending = order == "asc"
+    clauses = ["project = ?"]
+    params: list[Any] = [project]
+    if purpose is not None:
+        clauses.append("purpose = ?")
+        params.append(purpose)
+    if after is not None:
+        clauses.append("id > ?" if ascending else "id < ?")
+        params.append(after)
+    direction = "ASC" if ascending else "DESC"
+    sql = f"{_FILE_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id {direction} LIMIT ?"
+    rows = conn.execute(sql, (*params, max(limit, 0) + 1)).fetchall()
+    return _page([FileObject(*row) for row in rows], limit)
+
+
+def _delete_file(conn: sqlite3.Connection, project: str, file_id: str) -> bool:
+    return conn.execute("DELETE FROM files WHERE id = ? AND project = ?", (file_id, project)).rowcount > 0
+
+
+def _files_expired_before(conn: sqlite3.Connection, now: int, limit: int) -> list[FileObject]:
+    sql = f"{_FILE_SELECT} WHERE expires_at <= ? ORDER BY expires_at, id LIMIT ?"
+    return [FileObject(*row) for row in conn.execute(sql, (now, max(limit, 0)))]
+
+
+def _file_in_use(conn: sqlite3.Connection, file_id: str) -> bool:
+    terminal = sorted(status.value for status in TERMINAL)
+    live = f"status NOT IN ({_placeholders(len(terminal))})"
+    sql = f"SELECT 1 FROM batches WHERE input_file_id = ? AND {live} LIMIT 1"
+    return conn.execute(sql, (file_id, *terminal)).fetchone() is not None
+
+
+def _add_batch(conn: sqlite3.Connection, batch: Batch) -> None:
+    values = _batch_values(batch)
+    conn.execute(_BATCH_INSERT, tuple(values[column] for column in _BATCH_COLUMNS))
+
+
+def _get_batch(conn: sqlite3.Connection, batch_id: str, project: str | None) -> Batch | None:
+    if project is None:
+        row = conn.execute(f"{_BATCH_SELECT} WHERE id = ?", (batch_id,)).fetchone()
+    else:
+        row = conn.execute(f"{_BATCH_SELECT} WHERE id = ? AND project = ?", (batch_id, project)).fetchone()
+    return None if row is None else _batch_from_row(row)
+
+
+def _list_batches(conn: sqlite3.Connection, project: str, after: str | None, limit: int) -> Page[Batch]:
+    clauses, params = ["project = ?"], [project]
+    if after is not None:
+        clauses.append("id < ?")
+        params.append(after)
+    sql = f"{_BATCH_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+    rows = conn.execute(sql, (*params, max(limit, 0) + 1)).fetchall()
+    return _page([_batch_from_row(row) for row in rows], limit)
+
+
+def _transition_batch(conn: sqlite3.Connection, batch: Batch, expected: list[str]) -> bool:
+    values = _batch_values(batch)
+    sql = f"UPDATE batches SET {_TRANSITION_SET} WHERE id = ? AND status IN ({_placeholders(len(expected))})"
+    params = (*(values[column] for column in _TRANSITION_COLUMNS), batch.id, *expected)
+    return conn.execute(sql, params).rowcount > 0
+
+
+def _batches_in(conn: sqlite3.Connection, statuses: list[str]) -> list[Batch]:
+    sql = f"{_BATCH_SELECT} WHERE status IN ({_placeholders(len(statuses))}) ORDER BY id"
+    return [_batch_from_row(row) for row in conn.execute(sql, statuses)]
+
+
+def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:
+    new = completed = failed = input_tokens = output_tokens = cached_tokens = reasoning_tokens = 0
+    cursor = conn.cursor()
+    execute = cursor.execute
+    succeeded_kind, failed_kind = ResultKind.SUCCEEDED, ResultKind.FAILED
+    with _transaction(conn):
+        for row in rows:
+            usage = row.usage
+            params = (
+                batch_id,
+                row.line_no,
+                row.kind.value,
+                row.line,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+            )
+            if execute(_RESULT_INSERT, params).rowcount != 1:
+                continue
+            new += 1
+            completed += row.kind is succeeded_kind
+            failed += row.kind is failed_kind
+            input_tokens += usage.input_tokens
+            output_tokens += usage.output_tokens
+            cached_tokens += usage.cached_tokens
+            reasoning_tokens += usage.reasoning_tokens
+        if new:
+            counters = (completed, failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
+            execute(_COUNTERS_ADD, (*counters, batch_id))
+    return new
+
+
+def _finished_lines(conn: sqlite3.Connection, batch_id: str) -> set[int]:
+    return {
+        line_no for (line_no,) in conn.execute("SELECT line_no FROM results WHERE batch_id = ?", (batch_id,))
+    }
+
+
+def _results_page(
+    conn: sqlite3.Connection, batch_id: str, kinds: list[str], after_line: int, limit: int
+) -> list[ResultRow]:
+    sql = (
+        "SELECT line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens"
+        f" FROM results WHERE batch_id = ? AND line_no > ? AND kind IN ({_placeholders(len(kinds))})"
+        " ORDER BY line_no LIMIT ?"
+    )
+    rows = conn.execute(sql, (batch_id, after_line, *kinds, limit))
+    return [ResultRow(line_no, ResultKind(kind), line, Usage(*usage)) for line_no, kind, line, *usage in rows]
+
+
+def _delete_results(conn: sqlite3.Connection, batch_id: str) -> None:
+    conn.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """MetadataStore on one SQLite database file (WAL), every statement run on one dedicated thread."""
+
+    def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
+        self._path = path
+        self._clock = clock if clock is not None else SystemClock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            raise RuntimeError("the store is already open")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overnight-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            migrations, now = schema.load_migrations(), int(self._clock.now())
+            conn = await loop.run_in_executor(executor, _connect_and_migrate, self._path, migrations, now)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor, self._conn = executor, conn
+
+    async def close(self) -> None:
+        conn, executor = self._conn, self._executor
+        if conn is None or executor is None:
+            return
+        self._conn = self._executor = None  # new calls fail at once; queued ones run before the close
+        await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=False)
+
+    async def _call(
+        self, operation: Callable[Concatenate[sqlite3.Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        conn, executor = self._conn, self._executor
+        if conn is None or executor is None:
+            raise RuntimeError("the store is not open")
+        job = functools.partial(operation, conn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(executor, job)
+
+    # -- files -----------------------------------------------------------------------------------
+    async def add_file(self, file: FileObject) -> None:
+        await self._call(_add_file, file)
+
+    async def get_file(self, project: str, file_id: str) -> FileObject | None:
+        return await self._call(_get_file, project, file_id)
+
+    async def list_files(
+        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+    ) -> Page[FileObject]:
+        return await self._call(_list_files, project, purpose, after, limit, order)
+
+    async def delete_file(self, project: str, file_id: str) -> bool:
+        return await self._call(_delete_file, project, file_id)
+
+    async def files_expired_before(self, now: int, limit: int) -> list[FileObject]:
+        return await self._call(_files_expired_before, now, limit)
+
+    async def file_in_use(self, file_id: str) -> bool:
+        return await self._call(_file_in_use, file_id)
+
+    # -- batches ---------------------------------------------------------------------------------
+    async def add_batch(self, batch: Batch) -> None:
+        await self._call(_add_batch, batch)
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
+        return await self._call(_get_batch, batch_id, project)
+
+    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
+        return await self._call(_list_batches, project, after, limit)
+
+    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
+        statuses = sorted({BatchStatus(status).value for status in expected})
+        if not statuses:
+            return False
+        return await self._call(_transition_batch, batch, statuses)
+
+    async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
+        wanted = sorted({BatchStatus(status).value for status in statuses})
+        if not wanted:
+            return []
+        return await self._call(_batches_in, wanted)
+
+    # -- results ---------------------------------------------------------------------------------
+    async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
+        if not rows:
+            return 0
+        return await self._call(_record_results, batch_id, rows)
+
+    async def finished_lines(self, batch_id: str) -> set[int]:
+        return await self._call(_finished_lines, batch_id)
+
+    async def results(self, batch_id: str, kind: Collection[ResultKind]) -> AsyncIterator[ResultRow]:
+        kinds = sorted({ResultKind(k).value for k in kind})
+        if not kinds:
+            return
+        after_line = -1
+        while True:
+            page = await self._call(_results_page, batch_id, kinds, after_line, RESULTS_PAGE)
+            for row in page:
+                yield row
+            if len(page) < RESULTS_PAGE:
+                return
+            after_line = page[-1].line_no
+
+    async def delete_results(self, batch_id: str) -> None:
+        await self._call(_delete_results, batch_id)
