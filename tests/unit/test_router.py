@@ -6,7 +6,7 @@ import fnmatch
 
 import pytest
 
-from overnight.backends.base import Backend, UpstreamResponse
+from overnight.backends.base import Attempt, Backend, UpstreamResponse
 from overnight.backends.http import HttpBackend
 from overnight.backends.router import Router
 from overnight.config import BackendConfig
@@ -35,6 +35,9 @@ class StubBackend:
         self.events.append("close")
         if self.fail_close:
             raise RuntimeError(f"{self.name} cannot close")
+
+    async def attempt(self, endpoint: str, body: bytes) -> Attempt:
+        return Attempt(200, b"{}", "req_stub")
 
     async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
         return UpstreamResponse(200, b"{}", "req_stub")

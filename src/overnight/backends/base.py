@@ -20,6 +20,23 @@ class UpstreamResponse:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one try went, for callers that run their own retries and flow control.
+
+    `answered` is False when no HTTP answer came (connection refused or reset, timeout); `status`
+    and `body` then describe that as a 502/504 result. `retry_after` is the delay the upstream asked
+    for (seconds), `should_retry` its `x-should-retry` verdict when it gave one.
+    """
+
+    status: int
+    body: bytes
+    request_id: str
+    answered: bool = True
+    retry_after: float | None = None
+    should_retry: bool | None = None
+
+
 class Backend(Protocol):
     name: str
     max_concurrency: int
@@ -31,6 +48,10 @@ class Backend(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def attempt(self, endpoint: str, body: bytes) -> Attempt:
+        """POST once, with no retries and no concurrency bound of its own."""
+        ...
 
     async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
         """POST `body` (raw JSON) to `endpoint` (e.g. `/v1/chat/completions`) under the backend's

@@ -25,7 +25,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from overnight.backends.base import UpstreamResponse
+from overnight.backends.base import Attempt, UpstreamResponse
 from overnight.backends.retry import is_retryable_status, parse_retry_after, retry_delay
 from overnight.config import BackendConfig
 from overnight.domain.clock import Clock, SystemClock
@@ -154,10 +154,30 @@ class HttpBackend:
         if session is not None:
             await session.close()
 
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        session = self._session
-        if session is None:
+    def _started(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise RuntimeError(f"backend {self.name!r} is not started")
+        return self._session
+
+    async def attempt(self, endpoint: str, body: bytes) -> Attempt:
+        outcome = await self._attempt(self._started(), self.url_for(endpoint), body)
+        if isinstance(outcome, tuple):
+            failed = self._no_answer(outcome, 1)
+            return Attempt(failed.status, failed.body, failed.request_id, answered=False)
+        status, data, headers = outcome.status, outcome.data, outcome.headers
+        retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
+        override = headers.get("x-should-retry")
+        answer = self._answer(status, data, headers)
+        return Attempt(
+            answer.status,
+            answer.body,
+            answer.request_id,
+            retry_after=retry_after,
+            should_retry=None if override not in ("true", "false") else override == "true",
+        )
+
+    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
+        session = self._started()
         url = self.url_for(endpoint)
         attempt = 1
         while True:

@@ -1,0 +1,162 @@
+"""Pure flow-control policies for one backend: a concurrency window, rate buckets, a circuit breaker.
+
+No I/O and no asyncio here: every decision takes the current time as an argument, so tests drive
+them with any clock they like.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Outcome(enum.Enum):
+    """How one attempt went, as flow control sees it."""
+
+    OK = "ok"  # any answer that says the backend is healthy (2xx, and 4xx other than 408/409/429)
+    OVERLOADED = "overloaded"  # 408, 409, 429, 5xx or a timeout: the backend wants less
+    UNREACHABLE = "unreachable"  # no connection at all
+
+
+def outcome_of(status: int, connected: bool = True) -> Outcome:
+    if not connected:
+        return Outcome.UNREACHABLE
+    if status in (408, 409, 429) or status >= 500:
+        return Outcome.OVERLOADED
+    return Outcome.OK
+
+
+@dataclass
+class AimdWindow:
+    """Additive increase, multiplicative decrease of the requests allowed in flight.
+
+    Starts fully open (a healthy backend need not earn its window). Each success adds 1/size, about
+    one slot per round trip; an overload halves it, at most once per `cooldown_s` so that a burst of
+    refusals caused by one over-full window counts as one signal.
+    """
+
+    maximum: int
+    minimum: int = 1
+    decrease_factor: float = 0.5
+    cooldown_s: float = 1.0
+    size: float = field(init=False)
+    _last_decrease: float = field(init=False, default=float("-inf"))
+
+    def __post_init__(self) -> None:
+        self.minimum = max(1, min(self.minimum, self.maximum))
+        self.size = float(self.maximum)
+
+    @property
+    def limit(self) -> int:
+        return max(self.minimum, int(self.size))
+
+    def record(self, outcome: Outcome, now: float) -> None:
+        if outcome is Outcome.OK:
+            self.size = min(float(self.maximum), self.size + 1.0 / self.size)
+        elif now - self._last_decrease >= self.cooldown_s:
+            self.size = max(float(self.minimum), self.size * self.decrease_factor)
+            self._last_decrease = now
+
+
+@dataclass
+class TokenBucket:
+    """At most `burst + rate_per_s * T` units taken in any interval of T seconds.
+
+    `take` may drive the level below zero (a debt), used when a cost is only known afterwards and
+    the estimate was too low; `give_back` returns units when the estimate was too high.
+    """
+
+    rate_per_s: float
+    burst: float
+    level: float = field(init=False)
+    _updated: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.level = self.burst
+
+    @classmethod
+    def per_minute(cls, per_minute: int, burst_seconds: float = 1.0) -> TokenBucket:
+        rate = per_minute / 60.0
+        return cls(rate_per_s=rate, burst=max(1.0, rate * burst_seconds))
+
+    def _refill(self, now: float) -> None:
+        if self._updated is not None and now > self._updated:
+            self.level = min(self.burst, self.level + (now - self._updated) * self.rate_per_s)
+        if self._updated is None or now > self._updated:
+            self._updated = now
+
+    def wait_time(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken (0 when it can be taken now)."""
+        self._refill(now)
+        needed = min(amount, self.burst) - self.level
+        return 0.0 if needed <= 0 else needed / self.rate_per_s
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level -= amount
+
+    def give_back(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level = min(self.burst, self.level + amount)
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class CircuitBreaker:
+    """Stops sending to a backend that keeps failing, then probes it with one request at a time.
+
+    Opens after `threshold` failures in a row (no connection, timeouts, 5xx). While open nothing is
+    sent; after `open_s` (doubling on each failed probe, up to `max_open_s`) one probe may go. A
+    successful probe closes it.
+    """
+
+    threshold: int = 5
+    open_s: float = 1.0
+    max_open_s: float = 30.0
+    state: BreakerState = field(init=False, default=BreakerState.CLOSED)
+    failures: int = field(init=False, default=0)
+    _opened_at: float = field(init=False, default=0.0)
+    _current_open_s: float = field(init=False, default=0.0)
+    _probing: bool = field(init=False, default=False)
+
+    def allows(self, now: float) -> bool:
+        """Whether a request may be sent now (a half-open breaker admits one probe)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and now - self._opened_at >= self._current_open_s:
+            self.state = BreakerState.HALF_OPEN
+        return self.state is BreakerState.HALF_OPEN and not self._probing
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until a probe may go (0 if one may go now or the breaker is closed)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self._current_open_s - now)
+
+    def sent(self) -> None:
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = True
+
+    def record(self, healthy: bool, now: float) -> None:
+        if healthy:
+            self.state = BreakerState.CLOSED
+            self.failures = 0
+            self._probing = False
+            self._current_open_s = 0.0
+            return
+        self.failures += 1
+        if self.state is BreakerState.HALF_OPEN:
+            self._open(now, min(self.max_open_s, max(self.open_s, self._current_open_s * 2)))
+        elif self.state is BreakerState.CLOSED and self.failures >= self.threshold:
+            self._open(now, self.open_s)
+
+    def _open(self, now: float, duration: float) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at = now
+        self._current_open_s = duration
+        self._probing = False

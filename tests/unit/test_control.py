@@ -1,0 +1,129 @@
+"""Flow-control policies: the AIMD window, token buckets and the circuit breaker."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from overnight.engine.control import (
+    AimdWindow,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    TokenBucket,
+    outcome_of,
+)
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    return breaker.state  # a call, so mypy does not keep a narrowed state across method calls
+
+
+def test_outcomes() -> None:
+    assert outcome_of(200) is Outcome.OK
+    assert outcome_of(400) is Outcome.OK
+    assert all(outcome_of(s) is Outcome.OVERLOADED for s in (408, 409, 429, 500, 503))
+    assert outcome_of(0, connected=False) is Outcome.UNREACHABLE
+
+
+def test_window_starts_open_halves_on_overload_and_recovers() -> None:
+    window = AimdWindow(maximum=64, cooldown_s=1.0)
+    assert window.limit == 64
+    window.record(Outcome.OVERLOADED, now=10.0)
+    assert window.limit == 32
+    window.record(Outcome.OVERLOADED, now=10.5)  # same burst: ignored
+    assert window.limit == 32
+    window.record(Outcome.OVERLOADED, now=11.0)
+    assert window.limit == 16
+    for _ in range(2000):
+        window.record(Outcome.OK, now=12.0)
+    assert window.limit == 64
+
+
+@given(
+    st.integers(min_value=1, max_value=512),
+    st.lists(st.tuples(st.sampled_from(list(Outcome)), st.floats(min_value=0, max_value=5)), max_size=300),
+)
+def test_window_stays_within_bounds(maximum: int, events: list[tuple[Outcome, float]]) -> None:
+    window = AimdWindow(maximum=maximum)
+    now = 0.0
+    for outcome, step in events:
+        now += step
+        window.record(outcome, now)
+        assert 1 <= window.limit <= maximum
+
+
+@given(
+    st.integers(min_value=1, max_value=100_000),
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=3), st.integers(min_value=1, max_value=50)), max_size=200
+    ),
+)
+def test_bucket_never_over_budget_in_any_interval(per_minute: int, steps: list[tuple[float, int]]) -> None:
+    """Taking only when wait_time says 0, the total in [t0, t1] is at most burst + rate * (t1 - t0)."""
+    bucket = TokenBucket.per_minute(per_minute)
+    now = 0.0
+    taken: list[tuple[float, int]] = []
+    for step, amount in steps:
+        now += step
+        amount = min(amount, int(bucket.burst)) or 1
+        if bucket.wait_time(amount, now) == 0:
+            bucket.take(amount, now)
+            taken.append((now, amount))
+    for i, (start, _) in enumerate(taken):
+        total = 0
+        for when, amount in taken[i:]:
+            total += amount
+            assert total <= bucket.burst + bucket.rate_per_s * (when - start) + 1e-6
+
+
+def test_bucket_wait_time_and_debt() -> None:
+    bucket = TokenBucket(rate_per_s=10.0, burst=10.0)
+    assert bucket.wait_time(10, now=0.0) == 0
+    bucket.take(30, now=0.0)  # the real cost was higher than the estimate: a debt of 20
+    assert bucket.wait_time(1, now=0.0) == 2.1
+    assert bucket.wait_time(1, now=2.1) == 0
+    bucket.give_back(100, now=2.1)
+    assert bucket.level == 10.0
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    breaker = CircuitBreaker(threshold=3, open_s=1.0, max_open_s=4.0)
+    for _ in range(3):
+        assert breaker.allows(0.0)
+        breaker.record(healthy=False, now=0.0)
+    assert state_of(breaker) is BreakerState.OPEN
+    assert not breaker.allows(0.5)
+    assert breaker.retry_in(0.5) == 0.5
+    assert breaker.allows(1.0)  # half open: one probe
+    breaker.sent()
+    assert not breaker.allows(1.0)
+    breaker.record(healthy=False, now=1.1)  # the probe failed: open twice as long
+    assert state_of(breaker) is BreakerState.OPEN
+    assert not breaker.allows(2.5)
+    assert breaker.allows(3.1)
+    breaker.sent()
+    breaker.record(healthy=True, now=3.2)
+    assert state_of(breaker) is BreakerState.CLOSED
+    assert breaker.allows(3.2)
+
+
+def test_breaker_ignores_isolated_failures() -> None:
+    breaker = CircuitBreaker(threshold=3)
+    for _ in range(10):
+        breaker.record(healthy=False, now=0.0)
+        breaker.record(healthy=False, now=0.0)
+        breaker.record(healthy=True, now=0.0)
+    assert state_of(breaker) is BreakerState.CLOSED
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(min_value=0, max_value=10)), max_size=200))
+def test_breaker_open_time_is_bounded(events: list[tuple[bool, float]]) -> None:
+    breaker = CircuitBreaker(threshold=2, open_s=1.0, max_open_s=8.0)
+    now = 0.0
+    for healthy, step in events:
+        now += step
+        if breaker.allows(now):
+            breaker.sent()
+            breaker.record(healthy, now)
+        assert breaker.retry_in(now) <= 8.0
