@@ -65,12 +65,13 @@ def _errors_path(output: Path) -> Path:
 async def _run_offline(settings: Settings, args: argparse.Namespace) -> int:
     from overnight.backends.router import Router
     from overnight.offline import run_file
-    from overnight.wiring import build_backends
+    from overnight.wiring import build_backends, retry_policy
 
     router = Router(build_backends(settings))
     await router.start()
     try:
-        return await run_file(router, args.input, args.output, args.errors or _errors_path(args.output))
+        errors = args.errors or _errors_path(args.output)
+        return await run_file(router, retry_policy(settings), args.input, args.output, errors)
     finally:
         await router.close()
 

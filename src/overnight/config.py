@@ -30,6 +30,8 @@ class BackendConfig:
     models: tuple[str, ...] = ("*",)
     api_key_env: str | None = None
     max_concurrency: int = 64
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ class Settings:
         default=(),
         metadata=_help(
             "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
-            "`api_key_env`, `max_concurrency`). Config file only."
+            "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`). Config file only."
         ),
     )
 
@@ -140,6 +142,10 @@ def _positive_int(name: str, value: Any) -> int:
     if number <= 0 or (isinstance(value, float) and value != number):
         raise ConfigError(f"setting '{name}': expected a positive integer, got {value!r}")
     return number
+
+
+def _optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else _positive_int(name, value)
 
 
 def _port(name: str, value: Any) -> int:
@@ -251,6 +257,12 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
             models=_string_list(f"{where}.models", entry.get("models", ["*"])),
             api_key_env=_optional_text(f"{where}.api_key_env", entry.get("api_key_env")),
             max_concurrency=_positive_int(f"{where}.max_concurrency", entry.get("max_concurrency", 64)),
+            requests_per_minute=_optional_positive_int(
+                f"{where}.requests_per_minute", entry.get("requests_per_minute")
+            ),
+            tokens_per_minute=_optional_positive_int(
+                f"{where}.tokens_per_minute", entry.get("tokens_per_minute")
+            ),
         )
         if any(b.name == backend.name for b in backends):
             raise ConfigError(f"setting '{where}.name': backend name {backend.name!r} is used twice")

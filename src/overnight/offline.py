@@ -12,10 +12,11 @@ import msgspec
 
 from overnight.backends.router import Router
 from overnight.blobs.base import split_lines
+from overnight.domain.clock import SystemClock
 from overnight.domain.ids import request_line_id
 from overnight.domain.models import ResultRow
 from overnight.domain.validation import BatchValidator, ValidationResult, is_blank
-from overnight.engine.dispatch import run_lines
+from overnight.engine.scheduler import BackendScheduler, Feed, RetryPolicy
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 1
@@ -77,7 +78,9 @@ def report_invalid(result: ValidationResult, stream: TextIO) -> None:
         print(f"{where}: {error.code}: {error.message}", file=stream)
 
 
-async def run_file(router: Router, input_path: Path, output_path: Path, errors_path: Path) -> int:
+async def run_file(
+    router: Router, retry: RetryPolicy, input_path: Path, output_path: Path, errors_path: Path
+) -> int:
     endpoint = await guess_endpoint(input_path)
     result = await validate_file(input_path, endpoint, router)
     if not result.ok:
@@ -87,13 +90,19 @@ async def run_file(router: Router, input_path: Path, output_path: Path, errors_p
     assert backend is not None  # validation checked the model is served
     with output_path.open("wb") as output, errors_path.open("wb") as errors:
         sink = _FileSink(output, errors)
-        await run_lines(
-            split_lines(_chunks(input_path)),
-            backend=backend,
+        scheduler = BackendScheduler(backend, SystemClock(), retry=retry)
+        feed = Feed(
+            batch_id=_OFFLINE_BATCH,
+            project="offline",
+            deadline=0,
             endpoint=endpoint,
+            lines=split_lines(_chunks(input_path)),
             line_id=lambda line_no: request_line_id(_OFFLINE_BATCH, line_no),
             sink=sink,
-            stop=asyncio.Event(),
         )
+        try:
+            await scheduler.run(feed)
+        finally:
+            await scheduler.close()
     print(f"{sink.succeeded} succeeded, {sink.failed} failed", file=sys.stderr)
     return EXIT_ALL_SUCCEEDED if sink.failed == 0 else EXIT_SOME_FAILED

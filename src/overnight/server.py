@@ -56,7 +56,7 @@ async def _wait_for_signal() -> None:
 async def serve(settings: Settings) -> None:
     with exclusive_data_dir(settings.data_dir):
         runtime = await open_runtime(settings)
-        app = create_app(runtime.files, runtime.batches, runtime.authenticator)
+        app = create_app(runtime.files, runtime.batches, runtime.authenticator, runtime.engine.metrics_text)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

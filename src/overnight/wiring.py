@@ -13,6 +13,7 @@ from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Settings
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
+from overnight.engine.scheduler import RateLimits, RetryPolicy
 from overnight.engine.worker import Engine
 from overnight.http.auth import Authenticator
 from overnight.services.batches import BatchesService
@@ -43,6 +44,21 @@ def build_backends(settings: Settings, environ: Mapping[str, str] | None = None)
             )
         )
     return backends
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+    )
+
+
+def rate_limits(settings: Settings) -> dict[str, RateLimits]:
+    return {
+        config.name: RateLimits(config.requests_per_minute, config.tokens_per_minute)
+        for config in settings.all_backends()
+    }
 
 
 @dataclass
@@ -76,6 +92,8 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         clock,
         flush_interval_s=settings.result_flush_interval_s,
         poll_interval_s=settings.worker_poll_interval_s,
+        retry=retry_policy(settings),
+        rates=rate_limits(settings),
     )
     await router.start()
     return Runtime(

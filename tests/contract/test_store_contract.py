@@ -414,3 +414,11 @@ async def test_sqlite_refuses_a_database_from_a_newer_release(tmp_path: Path) ->
 async def test_sqlite_store_must_be_open(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not open"):
         await SqliteStore(tmp_path / "db.sqlite3").get_file(PROJECT, "file-1")
+
+
+async def test_count_batches_by_status(store: MetadataStore) -> None:
+    assert await store.count_batches() == {}
+    await store.add_batch(a_batch("batch_1"))
+    await store.add_batch(a_batch("batch_2", OTHER))
+    await store.add_batch(a_batch("batch_3", status=S.IN_PROGRESS))
+    assert await store.count_batches() == {S.VALIDATING: 2, S.IN_PROGRESS: 1}

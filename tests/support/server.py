@@ -56,8 +56,8 @@ def wait_until_healthy(
 class FakeUpstreamProcess:
     """The fake model server as a subprocess, driven over its control endpoints."""
 
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [sys.executable, str(FAKE_UPSTREAM), "--port", str(self.port), *args],
             stdout=subprocess.PIPE,

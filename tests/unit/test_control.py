@@ -27,7 +27,7 @@ def test_outcomes() -> None:
 
 
 def test_window_starts_open_halves_on_overload_and_recovers() -> None:
-    window = AimdWindow(maximum=64, cooldown_s=1.0)
+    window = AimdWindow(maximum=64, cooldown_s=1.0)  # longer than the default round trip
     assert window.limit == 64
     window.record(Outcome.OVERLOADED, now=10.0)
     assert window.limit == 32

@@ -31,14 +31,16 @@ class AimdWindow:
     """Additive increase, multiplicative decrease of the requests allowed in flight.
 
     Starts fully open (a healthy backend need not earn its window). Each success adds 1/size, about
-    one slot per round trip; an overload halves it, at most once per `cooldown_s` so that a burst of
-    refusals caused by one over-full window counts as one signal.
+    one slot per round trip; an overload halves it, at most once per round trip (the smoothed latency
+    of successful answers, or `cooldown_s` if longer) so that a burst of refusals caused by one
+    over-full window counts as one signal.
     """
 
     maximum: int
     minimum: int = 1
     decrease_factor: float = 0.5
-    cooldown_s: float = 1.0
+    cooldown_s: float = 0.0
+    round_trip_s: float = 0.1
     size: float = field(init=False)
     _last_decrease: float = field(init=False, default=float("-inf"))
 
@@ -50,10 +52,12 @@ class AimdWindow:
     def limit(self) -> int:
         return max(self.minimum, int(self.size))
 
-    def record(self, outcome: Outcome, now: float) -> None:
+    def record(self, outcome: Outcome, now: float, latency_s: float | None = None) -> None:
         if outcome is Outcome.OK:
             self.size = min(float(self.maximum), self.size + 1.0 / self.size)
-        elif now - self._last_decrease >= self.cooldown_s:
+            if latency_s is not None and latency_s >= 0:
+                self.round_trip_s = 0.8 * self.round_trip_s + 0.2 * latency_s
+        elif now - self._last_decrease >= max(self.cooldown_s, self.round_trip_s):
             self.size = max(float(self.minimum), self.size * self.decrease_factor)
             self._last_decrease = now
 

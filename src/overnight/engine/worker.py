@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Mapping
 
+from overnight.backends.base import Backend
 from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore, read_lines
 from overnight.domain.clock import Clock
@@ -15,9 +17,11 @@ from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
-from overnight.engine.dispatch import run_lines
+from overnight.engine.control import BreakerState
+from overnight.engine.metrics import EngineMetrics, gauge_lines
 from overnight.engine.outputs import publish_result_files
 from overnight.engine.recorder import ResultRecorder
+from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
@@ -37,6 +41,9 @@ class Engine:
         *,
         flush_interval_s: float,
         poll_interval_s: float,
+        retry: RetryPolicy | None = None,
+        rates: Mapping[str, RateLimits] | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -47,6 +54,74 @@ class Engine:
         self._wake = asyncio.Event()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
+        self._retry = retry or RetryPolicy()
+        self._rates = dict(rates or {})
+        self.metrics = metrics or EngineMetrics()
+        self._schedulers: dict[str, BackendScheduler] = {}
+
+    def scheduler(self, backend: Backend) -> BackendScheduler:
+        """The one dispatcher of a backend, shared by every batch that runs on it."""
+        scheduler = self._schedulers.get(backend.name)
+        if scheduler is None:
+            scheduler = BackendScheduler(
+                backend,
+                self._clock,
+                retry=self._retry,
+                rates=self._rates.get(backend.name),
+                metrics=self.metrics,
+            )
+            self._schedulers[backend.name] = scheduler
+        return scheduler
+
+    @property
+    def schedulers(self) -> Mapping[str, BackendScheduler]:
+        return self._schedulers
+
+    async def metrics_text(self) -> str:
+        """Everything /metrics shows, in Prometheus' text format."""
+        counts = await self._store.count_batches()
+        running = await self._store.batches_in((S.IN_PROGRESS,))
+        waiting = sum(
+            b.request_counts.total - b.request_counts.completed - b.request_counts.failed for b in running
+        )
+        per_backend = sorted(self._schedulers.items())
+        lines = [
+            self.metrics.render().rstrip("\n"),
+            *gauge_lines(
+                "overnight_batches",
+                "Batches by status.",
+                [((("status", s.value),), counts.get(s, 0)) for s in S],
+            ),
+            *gauge_lines(
+                "overnight_requests_waiting",
+                "Requests of running batches without a result yet.",
+                [((), waiting)],
+            ),
+            *gauge_lines(
+                "overnight_upstream_in_flight",
+                "Requests in flight, by backend.",
+                [((("backend", name),), sched.in_flight) for name, sched in per_backend],
+            ),
+            *gauge_lines(
+                "overnight_dispatch_queue",
+                "Requests read and ready to send, by backend.",
+                [((("backend", name),), sched.queued) for name, sched in per_backend],
+            ),
+            *gauge_lines(
+                "overnight_concurrency_window",
+                "Requests the adaptive window allows in flight, by backend.",
+                [((("backend", name),), sched.window.limit) for name, sched in per_backend],
+            ),
+            *gauge_lines(
+                "overnight_circuit_open",
+                "1 while a backend's circuit breaker is not closed.",
+                [
+                    ((("backend", name),), int(sched.breaker.state is not BreakerState.CLOSED))
+                    for name, sched in per_backend
+                ],
+            ),
+        ]
+        return "\n".join(lines) + "\n"
 
     def wake(self) -> None:
         """Look at the batches now rather than at the next poll (a batch was created or cancelled)."""
@@ -71,6 +146,8 @@ class Engine:
         for task in drivers:
             task.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
+        for scheduler in self._schedulers.values():
+            await scheduler.close()
 
     async def tick(self) -> None:
         """Start a driver for each active batch without one; signal cancels and expiries to running ones."""
@@ -155,16 +232,23 @@ class Engine:
             await stop.wait()
             return
         done = await self._store.finished_lines(batch.id)
+        scheduler = self.scheduler(backend)
         async with ResultRecorder(self._store, batch.id, self._flush_interval) as recorder:
-            all_ran = await run_lines(
-                read_lines(self._blobs, blob_key(batch.input_file_id)),
-                backend=backend,
+            feed = Feed(
+                batch_id=batch.id,
+                project=batch.project,
+                deadline=batch.expires_at,
                 endpoint=batch.endpoint,
+                lines=read_lines(self._blobs, blob_key(batch.input_file_id)),
                 line_id=functools.partial(request_line_id, batch.id),
                 sink=recorder.add,
-                stop=stop,
                 skip=done.__contains__,
             )
+            watcher = asyncio.create_task(_stop_when(stop, scheduler, feed))
+            try:
+                all_ran = await scheduler.run(feed)
+            finally:
+                watcher.cancel()
         if all_ran:
             await self._move(batch, S.FINALIZING)
 
@@ -203,3 +287,8 @@ class Engine:
         deleted = await self._store.get_file(batch.project, input_id) is None
         if deleted and not await self._store.file_in_use(input_id):
             await self._blobs.delete(blob_key(input_id))
+
+
+async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:
+    await stop.wait()
+    scheduler.stop(feed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -37,12 +38,26 @@ async def _prepare_streams(request: web.Request, response: web.StreamResponse) -
         response.headers[REQUEST_ID] = request["request_id"]
 
 
+MetricsSource = Callable[[], Awaitable[str]]
+METRICS: web.AppKey[MetricsSource] = web.AppKey("metrics")
+
+
 async def health(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    text = await request.app[METRICS]()
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
 def create_app(
-    files_service: FilesService, batches_service: BatchesService, authenticator: Authenticator
+    files_service: FilesService,
+    batches_service: BatchesService,
+    authenticator: Authenticator,
+    metrics_source: MetricsSource,
 ) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator)],
@@ -50,6 +65,8 @@ def create_app(
     )
     app.on_response_prepare.append(_prepare_streams)
     app.router.add_get("/health", health)
+    app[METRICS] = metrics_source
+    app.router.add_get("/metrics", metrics)
     files.add_routes(app, files_service)
     batches.add_routes(app, batches_service)
     return app

@@ -69,6 +69,10 @@ class MetadataStore(Protocol):
         """Every batch (of any project) in one of these statuses, oldest first."""
         ...
 
+    async def count_batches(self) -> dict[BatchStatus, int]:
+        """How many batches (of every project) are in each status; absent statuses have none."""
+        ...
+
     # -- results -------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Insert rows whose line has no result yet (others are ignored) and update the batch's

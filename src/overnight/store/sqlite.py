@@ -243,6 +243,11 @@ def _batches_in(conn: sqlite3.Connection, statuses: list[str]) -> list[Batch]:
     return [_batch_from_row(row) for row in conn.execute(sql, statuses)]
 
 
+def _count_batches(conn: sqlite3.Connection) -> dict[BatchStatus, int]:
+    rows = conn.execute("SELECT status, count(*) FROM batches GROUP BY status")
+    return {BatchStatus(status): count for status, count in rows}
+
+
 def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:
     new = completed = failed = input_tokens = output_tokens = cached_tokens = reasoning_tokens = 0
     cursor = conn.cursor()
@@ -382,6 +387,9 @@ class SqliteStore:
         if not wanted:
             return []
         return await self._call(_batches_in, wanted)
+
+    async def count_batches(self) -> dict[BatchStatus, int]:
+        return await self._call(_count_batches)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:

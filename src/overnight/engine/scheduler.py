@@ -1,0 +1,342 @@
+"""One backend's dispatcher: which request goes next, when, and what happens after it answers.
+
+Every batch running on a backend registers a `Feed`. The scheduler sends the feeds' requests in
+earliest-deadline-first order (round robin across projects whose deadlines fall in the same minute),
+never more at once than the AIMD window allows, within the backend's requests- and tokens-per-minute
+budgets, and not at all while the circuit breaker is open. It owns the retry timers, so a request
+waiting to retry holds no slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from overnight.backends.base import Attempt, Backend
+from overnight.backends.retry import is_retryable_status, retry_delay
+from overnight.domain.clock import Clock
+from overnight.domain.models import ResultRow
+from overnight.domain.results import response_row, usage_of
+from overnight.domain.validation import is_blank, parse_request
+from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket, outcome_of
+from overnight.engine.metrics import EngineMetrics
+
+log = logging.getLogger("overnight.engine")
+
+Sink = Callable[[ResultRow], None]
+LineId = Callable[[int], str]
+DEADLINE_BUCKET_S = 60
+_INTERNAL_ERROR = (
+    b'{"error":{"message":"Overnight could not run this request because of an internal error.",'
+    b'"type":"server_error","param":null,"code":null}}'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(slots=True)
+class _Request:
+    line_no: int
+    custom_id: str
+    body: bytes
+    attempts: int = 0
+    tokens: float = 0.0
+
+
+@dataclass(eq=False)
+class Feed:
+    """One batch's lines for one backend."""
+
+    batch_id: str
+    project: str
+    deadline: int
+    endpoint: str
+    lines: AsyncIterator[tuple[int, bytes]]
+    line_id: LineId
+    sink: Sink
+    skip: Callable[[int], bool] = lambda _line_no: False
+    ready: deque[_Request] = field(default_factory=deque)
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    timers: set[asyncio.TimerHandle] = field(default_factory=set)
+    exhausted: bool = False
+    stopped: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    order: int = 0
+
+    def check_finished(self) -> None:
+        idle = not self.ready and not self.in_flight and not self.timers
+        if self.stopped or (self.exhausted and idle):
+            self.finished.set()
+
+
+def estimate_tokens(body: bytes) -> float:
+    """A cheap upper-ish estimate of a request's tokens before it runs: ~4 bytes a token, plus room
+    for the answer. Corrected from `usage` once the answer arrives."""
+    return len(body) / 4 + 256
+
+
+class BackendScheduler:
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        *,
+        retry: RetryPolicy,
+        rates: RateLimits | None = None,
+        metrics: EngineMetrics | None = None,
+        breaker: CircuitBreaker | None = None,
+        rand: Callable[[], float] = random.random,
+        prefetch: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._retry = retry
+        self._rand = rand
+        self._metrics = metrics or EngineMetrics()
+        rates = rates or RateLimits()
+        self.window = AimdWindow(maximum=backend.max_concurrency)
+        self.breaker = breaker or CircuitBreaker()
+        self._rpm = TokenBucket.per_minute(rates.requests_per_minute) if rates.requests_per_minute else None
+        self._tpm = TokenBucket.per_minute(rates.tokens_per_minute) if rates.tokens_per_minute else None
+        self._prefetch = prefetch or max(64, 2 * backend.max_concurrency)
+        self._feeds: list[Feed] = []
+        self._served: dict[str, int] = {}
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._order = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return sum(len(feed.ready) for feed in self._feeds)
+
+    async def run(self, feed: Feed) -> bool:
+        """Run every line of the feed; True when all ran, False when it was stopped first."""
+        self._register(feed)
+        reader = asyncio.create_task(self._read(feed), name=f"read {feed.batch_id}")
+        try:
+            await feed.finished.wait()
+        finally:
+            reader.cancel()
+            await self._unregister(feed)
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return not feed.stopped
+
+    def stop(self, feed: Feed) -> None:
+        """Abandon the feed: queued lines and retries are dropped, requests in flight cancelled."""
+        feed.stopped = True
+        feed.finished.set()
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+
+    # -- feeds -----------------------------------------------------------------------------------
+    def _register(self, feed: Feed) -> None:
+        feed.order = next(self._order)
+        active = [self._served[f.project] for f in self._feeds if f.project in self._served]
+        self._served.setdefault(feed.project, min(active, default=0))
+        self._feeds.append(feed)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run_pump(), name=f"dispatch {self.backend.name}")
+
+    async def _unregister(self, feed: Feed) -> None:
+        self._feeds.remove(feed)
+        for timer in feed.timers:
+            timer.cancel()
+        feed.timers.clear()
+        feed.ready.clear()
+        tasks = list(feed.in_flight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not any(f.project == feed.project for f in self._feeds):
+            self._served.pop(feed.project, None)
+        self._wake.set()
+
+    async def _read(self, feed: Feed) -> None:
+        """Keep the feed's queue topped up from its input, parsing each line once."""
+        async for line_no, raw in feed.lines:
+            if is_blank(raw) or feed.skip(line_no):
+                continue
+            while len(feed.ready) >= self._prefetch:
+                feed.room.clear()
+                await feed.room.wait()
+            request = parse_request(raw)
+            feed.ready.append(_Request(line_no, request.custom_id, request.body))
+            self._wake.set()
+        feed.exhausted = True
+        feed.check_finished()
+
+    # -- dispatching -----------------------------------------------------------------------------
+    async def _run_pump(self) -> None:
+        while True:
+            self._wake.clear()
+            wait = self._dispatch()
+            if wait is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.001))
+
+    def _pick(self) -> Feed | None:
+        best: Feed | None = None
+        best_key: tuple[int, int, int] | None = None
+        for feed in self._feeds:
+            if feed.ready and not feed.stopped:
+                key = (feed.deadline // DEADLINE_BUCKET_S, self._served[feed.project], feed.order)
+                if best_key is None or key < best_key:
+                    best, best_key = feed, key
+        return best
+
+    def _dispatch(self) -> float | None:
+        """Start every request the limits allow now; returns how long until more may start (None:
+        until something changes)."""
+        while self._in_flight < self.window.limit:
+            now = self._clock.now()
+            if not self.breaker.allows(now):
+                return self.breaker.retry_in(now) or None
+            feed = self._pick()
+            if feed is None:
+                return None
+            request = feed.ready[0]
+            request.tokens = request.tokens or estimate_tokens(request.body)
+            wait = self._rate_wait(request.tokens, now)
+            if wait > 0:
+                return wait
+            feed.ready.popleft()
+            feed.room.set()
+            self._start(feed, request, now)
+        return None
+
+    def _rate_wait(self, tokens: float, now: float) -> float:
+        wait = 0.0
+        if self._rpm is not None:
+            wait = self._rpm.wait_time(1, now)
+        if self._tpm is not None:
+            wait = max(wait, self._tpm.wait_time(tokens, now))
+        return wait
+
+    def _start(self, feed: Feed, request: _Request, now: float) -> None:
+        if self._rpm is not None:
+            self._rpm.take(1, now)
+        if self._tpm is not None:
+            self._tpm.take(request.tokens, now)
+        self._served[feed.project] += 1
+        self.breaker.sent()
+        self._in_flight += 1
+        task = asyncio.create_task(self._send(feed, request))
+        feed.in_flight.add(task)
+        task.add_done_callback(feed.in_flight.discard)
+
+    async def _send(self, feed: Feed, request: _Request) -> None:
+        started = self._clock.now()
+        try:
+            answer = await self.backend.attempt(feed.endpoint, request.body)
+        except asyncio.CancelledError:
+            self._finish_attempt()
+            raise
+        except Exception:
+            log.exception("internal error sending line %d of batch %s", request.line_no, feed.batch_id)
+            answer = Attempt(500, _INTERNAL_ERROR, "", should_retry=False)
+        self._finish_attempt()
+        latency = self._clock.now() - started
+        self._metrics.observe_attempt(self.backend.name, answer.status, latency)
+        self._after(feed, request, answer, latency)
+        task = asyncio.current_task()
+        if task is not None:
+            feed.in_flight.discard(task)
+        feed.check_finished()
+
+    def _finish_attempt(self) -> None:
+        self._in_flight -= 1
+        self._wake.set()
+
+    def _after(self, feed: Feed, request: _Request, answer: Attempt, latency_s: float) -> None:
+        now = self._clock.now()
+        self.window.record(outcome_of(answer.status, answer.answered), now, latency_s)
+        self.breaker.record(answer.answered and answer.status < 500, now)
+        succeeded = 200 <= answer.status < 300
+        if succeeded:
+            usage = usage_of(answer.body)
+            self._metrics.tokens(self.backend.name, usage.input_tokens, usage.output_tokens)
+            if self._tpm is not None and usage.total_tokens:
+                self._tpm.give_back(request.tokens - usage.total_tokens, now)
+        retrying = not succeeded and self._should_retry(answer) and not feed.stopped
+        if retrying and self._retry_later(feed, request, answer, now):
+            return
+        row = response_row(
+            request.line_no,
+            feed.line_id(request.line_no),
+            request.custom_id,
+            answer.status,
+            answer.request_id,
+            answer.body,
+        )
+        self._metrics.finished(self.backend.name, succeeded)
+        feed.sink(row)
+
+    @staticmethod
+    def _should_retry(answer: Attempt) -> bool:
+        if answer.should_retry is not None:
+            return answer.should_retry
+        return not answer.answered or is_retryable_status(answer.status)
+
+    def _retry_later(self, feed: Feed, request: _Request, answer: Attempt, now: float) -> bool:
+        """Schedule another attempt; False when the attempts are used up."""
+        if self.breaker.state is BreakerState.CLOSED:
+            request.attempts += 1
+            if request.attempts >= self._retry.max_attempts:
+                return False
+            delay = retry_delay(
+                request.attempts,
+                base=self._retry.base_delay_s,
+                cap=self._retry.max_delay_s,
+                retry_after=answer.retry_after,
+                rand=self._rand,
+            )
+        else:
+            # The backend looks down: this failure says nothing about the request, so it keeps its
+            # attempts and waits for the breaker's probe.
+            delay = self.breaker.retry_in(now)
+        self._metrics.retried(self.backend.name)
+        loop = asyncio.get_running_loop()
+        holder: list[asyncio.TimerHandle] = []
+
+        def requeue() -> None:
+            feed.timers.discard(holder[0])
+            if not feed.stopped:
+                feed.ready.appendleft(request)
+                self._wake.set()
+
+        handle = loop.call_later(delay, requeue)
+        holder.append(handle)
+        feed.timers.add(handle)
+        return True

@@ -1,0 +1,115 @@
+"""Flow control seen from outside: /metrics, backing off an overloaded upstream, riding out a dead one."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from openai import OpenAI
+
+from acceptance.conftest import chat_line, make_client, read_lines, upload, wait_for, write_config
+from support.server import FakeUpstreamProcess, OvernightServer, free_port
+
+TIMEOUT_S = 120.0
+
+
+def metrics_text(server: OvernightServer) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text: str = response.read().decode()
+        return text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample; 0 when absent."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+class StartServer(Protocol):
+    def __call__(self, upstream_url: str, **settings: Any) -> OvernightServer: ...
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[StartServer]:
+    servers: list[OvernightServer] = []
+
+    def start(upstream_url: str, **settings: Any) -> OvernightServer:
+        config = write_config(tmp_path / f"c{len(servers)}.toml", upstream_url, **settings)
+        server = OvernightServer(tmp_path / f"data{len(servers)}", config)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_metrics_count_requests_and_batches(client: OpenAI, server: OvernightServer) -> None:
+    file = upload(client, [chat_line(f"m{i}") for i in range(3)] + [chat_line("m-bad", fake={"status": 400})])
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(client, batch.id)
+    text = metrics_text(server)
+    assert metric(text, "overnight_upstream_requests_total", backend="fake", status="200") >= 3
+    assert metric(text, "overnight_upstream_requests_total", backend="fake", status="400") >= 1
+    assert metric(text, "overnight_request_results_total", backend="fake", result="succeeded") >= 3
+    assert metric(text, "overnight_batches", status="completed") >= 1
+    assert metric(text, "overnight_tokens_total", backend="fake", direction="input") > 0
+    assert metric(text, "overnight_upstream_latency_seconds_count", backend="fake") >= 4
+    assert "overnight_upstream_in_flight" in text
+    assert "overnight_requests_waiting" in text
+
+
+def test_backs_off_an_upstream_that_refuses_above_a_threshold(own_server: StartServer) -> None:
+    fake = FakeUpstreamProcess("--max-concurrency-before-429", "4", "--latency-ms", "20", "--no-track-keys")
+    try:
+        server = own_server(fake.base_url, max_attempts=30)
+        client = make_client(server.base_url)
+        total = 300
+        file = upload(client, [chat_line(f"o{i}") for i in range(total)])
+        batch = client.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_for(client, batch.id, timeout=TIMEOUT_S)
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (total, 0)
+        refused = fake.stats()["by_status"].get("429", 0)
+        # With a fixed window of 16 roughly 3 in 4 attempts would be refused; backing off keeps it low.
+        assert refused < total
+        assert metric(metrics_text(server), "overnight_concurrency_window", backend="fake") <= 16
+    finally:
+        fake.stop()
+
+
+def test_a_dead_upstream_pauses_work_instead_of_failing_it(own_server: StartServer) -> None:
+    port = free_port()
+    server = own_server(f"http://127.0.0.1:{port}/v1", max_attempts=2)
+    client = make_client(server.base_url)
+    file = upload(client, [chat_line(f"d{i}") for i in range(6)])
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while metric(metrics_text(server), "overnight_circuit_open", backend="fake") != 1:
+        assert time.monotonic() < deadline, "the circuit breaker never opened"
+        time.sleep(0.05)
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    fake = FakeUpstreamProcess(port=port)
+    try:
+        done = wait_for(client, batch.id, timeout=TIMEOUT_S)
+    finally:
+        fake.stop()
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    assert len(read_lines(client, done.output_file_id)) == 6
