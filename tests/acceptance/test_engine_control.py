@@ -84,9 +84,10 @@ def test_backs_off_an_upstream_that_refuses_above_a_threshold(own_server: StartS
         assert done.request_counts is not None
         assert (done.request_counts.completed, done.request_counts.failed) == (total, 0)
         refused = fake.stats()["by_status"].get("429", 0)
-        # With a fixed window of 16 roughly 3 in 4 attempts would be refused; backing off keeps it low.
-        assert refused < total
-        assert metric(metrics_text(server), "overnight_concurrency_window", backend="fake") <= 16
+        # A fixed window of 16 would see about 3 refusals per success (12 of every 16 in flight);
+        # the adaptive window settles around the threshold, probing it about once per round trip.
+        assert refused < 2 * total
+        assert metric(metrics_text(server), "overnight_concurrency_window", backend="fake") <= 8
     finally:
         fake.stop()
 

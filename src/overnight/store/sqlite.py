@@ -343,7 +343,9 @@ class SqliteStore:
         if conn is None or executor is None:
             raise RuntimeError("the store is not open")
         job = functools.partial(operation, conn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(executor, job)
+        # Shielded: a caller cancelled while its job waits for the thread must not take the job
+        # with it, or a write it handed over (a group of results) would silently never happen.
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(executor, job))
 
     # -- files -----------------------------------------------------------------------------------
     async def add_file(self, file: FileObject) -> None:
