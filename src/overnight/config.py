@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from overnight.domain.limits import parse_window
+from overnight.probes import POINTS
 
 ENV_PREFIX = "OVERNIGHT_"
 
@@ -103,6 +104,13 @@ class Settings:
         default=60.0, metadata=_help("How often files past their `expires_at` are deleted.")
     )
     log_level: str = field(default="info", metadata=_help("debug, info, warning or error."))
+    crash_at: str | None = field(
+        default=None,
+        metadata=_help(
+            "For crash tests only: kill the server (SIGKILL) the N-th time it reaches a named point, "
+            "`point` or `point:N` (points are listed in src/overnight/probes.py)."
+        ),
+    )
     backends: tuple[BackendConfig, ...] = field(
         default=(),
         metadata=_help(
@@ -202,6 +210,15 @@ def _log_level(name: str, value: Any) -> str:
     return text
 
 
+def _crash_point(name: str, value: Any) -> str | None:
+    spec = _optional_text(name, value)
+    if spec is not None:
+        point, _, times = spec.partition(":")
+        if point not in POINTS or (times and not times.isdigit()):
+            raise ConfigError(f"setting '{name}': {spec!r} is not `point` or `point:N` with a known point")
+    return spec
+
+
 def _string_list(name: str, value: Any) -> tuple[str, ...]:
     items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
@@ -288,6 +305,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "worker_poll_interval_s": _positive_float,
     "file_sweep_interval_s": _positive_float,
     "log_level": _log_level,
+    "crash_at": _crash_point,
     "backends": _backends,
 }
 FILE_ONLY = frozenset({"backends"})

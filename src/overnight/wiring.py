@@ -16,6 +16,7 @@ from overnight.domain.ids import IdGenerator
 from overnight.engine.scheduler import RateLimits, RetryPolicy
 from overnight.engine.worker import Engine
 from overnight.http.auth import Authenticator
+from overnight.probes import probe_for
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService
 from overnight.store.sqlite import SqliteStore
@@ -79,6 +80,7 @@ class Runtime:
 
 async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     clock = clock or SystemClock()
+    probe = probe_for(settings.crash_at)
     router = Router(build_backends(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.data_dir / "overnight.db")
@@ -94,6 +96,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         poll_interval_s=settings.worker_poll_interval_s,
         retry=retry_policy(settings),
         rates=rate_limits(settings),
+        probe=probe,
     )
     await router.start()
     return Runtime(
@@ -101,7 +104,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         store=store,
         blobs=blobs,
         router=router,
-        files=FilesService(store, blobs, ids, clock),
+        files=FilesService(store, blobs, ids, clock, probe),
         batches=BatchesService(store, ids, clock, settings.completion_windows, on_change=engine.wake),
         engine=engine,
         authenticator=Authenticator(settings.api_keys),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
 
 from overnight.domain.models import ResultRow
@@ -17,8 +18,14 @@ class ResultRecorder:
     """
 
     def __init__(
-        self, store: MetadataStore, batch_id: str, interval_s: float, max_pending: int = 2000
+        self,
+        store: MetadataStore,
+        batch_id: str,
+        interval_s: float,
+        max_pending: int = 2000,
+        on_flush: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_flush = on_flush
         self._store = store
         self._batch_id = batch_id
         self._interval = interval_s
@@ -39,6 +46,7 @@ class ResultRecorder:
             self._wanted.clear()
             if rows:
                 await self._store.record_results(self._batch_id, rows)
+                self._on_flush()
 
     async def _flush_periodically(self) -> None:
         while True:

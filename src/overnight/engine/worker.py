@@ -22,6 +22,7 @@ from overnight.engine.metrics import EngineMetrics, gauge_lines
 from overnight.engine.outputs import publish_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
+from overnight.probes import NO_PROBE, Probe
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
@@ -44,7 +45,9 @@ class Engine:
         retry: RetryPolicy | None = None,
         rates: Mapping[str, RateLimits] | None = None,
         metrics: EngineMetrics | None = None,
+        probe: Probe = NO_PROBE,
     ) -> None:
+        self._probe = probe
         self._store = store
         self._blobs = blobs
         self._router = router
@@ -217,6 +220,7 @@ class Engine:
             )
             return
         result = validator.finish()
+        self._probe.reached("validation.finished")
         if not result.ok:
             await self._move(batch, S.FAILED, errors=result.errors)
             return
@@ -233,7 +237,12 @@ class Engine:
             return
         done = await self._store.finished_lines(batch.id)
         scheduler = self.scheduler(backend)
-        async with ResultRecorder(self._store, batch.id, self._flush_interval) as recorder:
+        async with ResultRecorder(
+            self._store,
+            batch.id,
+            self._flush_interval,
+            on_flush=lambda: self._probe.reached("execution.flushed"),
+        ) as recorder:
             feed = Feed(
                 batch_id=batch.id,
                 project=batch.project,
@@ -254,17 +263,21 @@ class Engine:
 
     # -- endings -------------------------------------------------------------------------------
     async def _complete(self, batch: Batch) -> None:
-        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
-        if await self._move(batch, S.COMPLETED, output_file_id=output_id, error_file_id=error_id):
-            await self._cleanup(batch)
+        await self._publish_and_move(batch, S.COMPLETED)
 
     async def _end(self, batch: Batch, target: BatchStatus) -> None:
         """Cancel or expire: lines without a result get a not-run line, then the files are written."""
         if batch.in_progress_at is not None:
             code = BATCH_CANCELLED if target is S.CANCELLED else BATCH_EXPIRED
             await self._mark_not_run(batch, code)
+            self._probe.reached("ending.marked")
+        await self._publish_and_move(batch, target)
+
+    async def _publish_and_move(self, batch: Batch, target: BatchStatus) -> None:
         output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        self._probe.reached("finalization.written")
         if await self._move(batch, target, output_file_id=output_id, error_file_id=error_id):
+            self._probe.reached("finalization.moved")
             await self._cleanup(batch)
 
     async def _mark_not_run(self, batch: Batch, code: str) -> None:

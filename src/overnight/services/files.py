@@ -13,6 +13,7 @@ from overnight.domain.clock import Clock
 from overnight.domain.errors import InvalidRequest, file_not_found
 from overnight.domain.ids import IdGenerator
 from overnight.domain.models import FileObject
+from overnight.probes import NO_PROBE, Probe
 from overnight.store.base import MetadataStore, Order, Page
 
 log = logging.getLogger("overnight.files")
@@ -93,7 +94,10 @@ def _expiry_seconds(anchor: str | None, seconds: str | None) -> int | None:
 
 
 class FilesService:
-    def __init__(self, store: MetadataStore, blobs: BlobStore, ids: IdGenerator, clock: Clock) -> None:
+    def __init__(
+        self, store: MetadataStore, blobs: BlobStore, ids: IdGenerator, clock: Clock, probe: Probe = NO_PROBE
+    ) -> None:
+        self._probe = probe
         self._store = store
         self._blobs = blobs
         self._ids = ids
@@ -118,6 +122,7 @@ class FilesService:
         except InvalidRequest:
             await self.discard(staged)
             raise
+        self._probe.reached("upload.stored")
         await self._store.add_file(file)
         log.info(
             "file uploaded id=%s project=%s purpose=%s bytes=%d", file.id, project, file.purpose, file.bytes
