@@ -1,0 +1,361 @@
+"""The Engine in-process: real SQLite store, local blobs and services; a gated backend double; a manual clock.
+
+Every test drives `engine.tick()` itself and waits on conditions (events, store state), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overnight.backends.base import Attempt, UpstreamResponse
+from overnight.backends.router import Router
+from overnight.blobs.local import LocalBlobStore
+from overnight.domain.clock import ManualClock
+from overnight.domain.ids import IdGenerator
+from overnight.domain.models import Batch, BatchStatus, ResultRow
+from overnight.engine.scheduler import RetryPolicy
+from overnight.engine.worker import Engine
+from overnight.services.batches import BatchesService
+from overnight.services.files import FilesService, UploadForm
+from overnight.store.sqlite import SqliteStore
+
+PROJECT = "proj_engine"
+MODEL = "fake-chat"
+WINDOW_S = 3600
+CONDITION_TIMEOUT_S = 30.0
+S = BatchStatus
+
+
+class GatedBackend:
+    """A Backend double: lines named in `held` wait for `release()`; others answer at once.
+
+    Each request is identified by its custom_id, which the tests put in the message content.
+    """
+
+    name = "gated"
+
+    def __init__(
+        self,
+        *,
+        held: set[str] | None = None,
+        statuses: dict[str, int] | None = None,
+        max_concurrency: int = 4,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self.held = set(held or ())
+        self.statuses = dict(statuses or {})
+        self.calls: Counter[str] = Counter()
+        self.cancelled: Counter[str] = Counter()
+        self._gate = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._changed = asyncio.Condition()
+
+    def serves(self, model: str) -> bool:
+        return model == MODEL
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._gate.set()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def wait_for_calls(self, predicate: Callable[[Counter[str]], bool]) -> None:
+        async def waited() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self.calls))
+
+        await asyncio.wait_for(waited(), CONDITION_TIMEOUT_S)
+
+    async def _answer(self, body: bytes) -> tuple[int, bytes, str]:
+        custom_id: str = json.loads(body)["messages"][0]["content"]
+        self.calls[custom_id] += 1
+        async with self._changed:
+            self._changed.notify_all()
+        try:
+            if custom_id in self.held:
+                await self._gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled[custom_id] += 1
+            raise
+        status = self.statuses.get(custom_id, 200)
+        if status >= 400:
+            error = {"message": f"told to fail {status}", "type": "invalid_request_error"}
+            answer: dict[str, Any] = {"error": {**error, "param": None, "code": None}}
+        else:
+            answer = {
+                "id": f"chatcmpl-{custom_id}",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
+        return status, json.dumps(answer).encode(), f"req-{custom_id}"
+
+    async def attempt(self, endpoint: str, body: bytes) -> Attempt:
+        return Attempt(*await self._answer(body))
+
+    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
+        async with self._slots:
+            return UpstreamResponse(*await self._answer(body))
+
+
+class NotifyingStore(SqliteStore):
+    """The real SQLite store, plus an event set whenever results are recorded (for waiting on them)."""
+
+    def __init__(self, path: Path, clock: ManualClock) -> None:
+        super().__init__(path, clock=clock)
+        self.recorded = asyncio.Event()
+
+    async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
+        new = await super().record_results(batch_id, rows)
+        self.recorded.set()
+        return new
+
+
+@dataclass
+class World:
+    store: NotifyingStore
+    blobs: LocalBlobStore
+    clock: ManualClock
+    files: FilesService
+    batches: BatchesService
+    engines: list[Engine]
+
+    def engine(self, backend: GatedBackend) -> Engine:
+        engine = Engine(
+            self.store,
+            self.blobs,
+            Router([backend]),
+            self.clock,
+            flush_interval_s=0.005,
+            poll_interval_s=3600.0,  # never used: the tests call tick() themselves
+            # Retry timers run on the event loop's clock: keep them short. (The circuit breaker reads
+            # the manual clock, so no test fails 5 requests in a row: an open breaker would never close.)
+            retry=RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001),
+        )
+        self.engines.append(engine)
+        return engine
+
+    async def submit(self, custom_ids: list[str]) -> Batch:
+        content = b"".join(json.dumps(request_line(cid)).encode() + b"\n" for cid in custom_ids)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield content
+
+        staged = await self.files.stage(chunks(), "batch")
+        file = await self.files.create(PROJECT, staged, UploadForm("input.jsonl", "batch"))
+        params = {"input_file_id": file.id, "endpoint": "/v1/chat/completions", "completion_window": "1h"}
+        return await self.batches.create(PROJECT, params)
+
+    async def batch(self, batch_id: str) -> Batch:
+        return await self.batches.retrieve(PROJECT, batch_id)
+
+    async def lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        _file, chunks = await self.files.content(PROJECT, file_id)
+        data = b"".join([chunk async for chunk in chunks])
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    async def wait_until(self, batch_id: str, predicate: Callable[[Batch], bool]) -> Batch:
+        """Wait until the batch satisfies `predicate`, looking again after each recording of results."""
+
+        async def waited() -> Batch:
+            while True:
+                self.store.recorded.clear()
+                batch = await self.batch(batch_id)
+                if predicate(batch):
+                    return batch
+                await self.store.recorded.wait()
+
+        return await asyncio.wait_for(waited(), CONDITION_TIMEOUT_S)
+
+
+def request_line(custom_id: str) -> dict[str, Any]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": custom_id}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    clock = ManualClock()
+    store = NotifyingStore(tmp_path / "overnight.db", clock)
+    await store.open()
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    ids = IdGenerator(clock)
+    engines: list[Engine] = []
+    batches = BatchesService(store, ids, clock, ["24h", "1h"], on_change=lambda: None)
+    built = World(store, blobs, clock, FilesService(store, blobs, ids, clock), batches, engines)
+    try:
+        yield built
+    finally:
+        for engine in engines:
+            await engine.shutdown()
+        await store.close()
+
+
+async def settle(engine: Engine, *steps: Callable[[], Awaitable[None]]) -> None:
+    """Let every running driver finish (it ends on its own at a terminal status)."""
+    for step in steps:
+        await step()
+    await asyncio.wait_for(engine.idle(), CONDITION_TIMEOUT_S)
+
+
+def ids_of(lines: list[dict[str, Any]]) -> list[str]:
+    return sorted(line["custom_id"] for line in lines)
+
+
+async def test_happy_path_completes_with_an_output_file(world: World) -> None:
+    names = [f"ok-{i}" for i in range(10)]
+    backend = GatedBackend()
+    engine = world.engine(backend)
+    created = await world.submit(names)
+    await settle(engine, engine.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert batch.model == MODEL
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        10,
+        10,
+        0,
+    )
+    assert batch.usage.input_tokens == 30
+    assert batch.usage.output_tokens == 20
+    assert batch.in_progress_at is not None
+    assert batch.finalizing_at is not None
+    assert batch.completed_at is not None
+    assert batch.error_file_id is None
+    output = await world.lines(batch.output_file_id)
+    assert ids_of(output) == sorted(names)
+    assert all(line["response"]["status_code"] == 200 and line["error"] is None for line in output)
+    assert len({line["id"] for line in output}) == 10
+    assert backend.calls == Counter(names)
+
+
+async def test_non_2xx_answers_go_to_the_error_file(world: World) -> None:
+    statuses = {"bad-400": 400, "bad-404": 404, "bad-500": 500}
+    backend = GatedBackend(statuses=statuses)
+    engine = world.engine(backend)
+    created = await world.submit(["good-1", "bad-400", "good-2", "bad-404", "bad-500"])
+    await settle(engine, engine.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 3)
+    assert ids_of(await world.lines(batch.output_file_id)) == ["good-1", "good-2"]
+    errors = {line["custom_id"]: line for line in await world.lines(batch.error_file_id)}
+    assert sorted(errors) == sorted(statuses)
+    for name, status in statuses.items():
+        assert errors[name]["error"] is None
+        assert errors[name]["response"]["status_code"] == status
+        assert "error" in errors[name]["response"]["body"]
+    # 4xx answers are final; a 5xx is retried up to max_attempts, then recorded as it answered
+    assert backend.calls == Counter({"good-1": 1, "good-2": 1, "bad-400": 1, "bad-404": 1, "bad-500": 2})
+
+
+async def test_expiry_marks_unfinished_lines_batch_expired(world: World) -> None:
+    fast = [f"fast-{i}" for i in range(3)]
+    slow = [f"slow-{i}" for i in range(6)]
+    backend = GatedBackend(held=set(slow), max_concurrency=8)
+    engine = world.engine(backend)
+    created = await world.submit(fast + slow)
+    await engine.tick()
+    await world.wait_until(created.id, lambda b: b.request_counts.completed == len(fast))
+    await backend.wait_for_calls(lambda calls: all(calls[name] for name in slow))
+
+    world.clock.advance(WINDOW_S - 1)
+    await engine.tick()  # not yet due: nothing changes
+    assert (await world.batch(created.id)).status is S.IN_PROGRESS
+    world.clock.advance(1)
+    await settle(engine, engine.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.EXPIRED
+    assert batch.expired_at == created.expires_at
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (3, 0)
+    assert ids_of(await world.lines(batch.output_file_id)) == sorted(fast)
+    errors = await world.lines(batch.error_file_id)
+    assert ids_of(errors) == sorted(slow)
+    for line in errors:
+        assert line["response"] is None
+        assert line["error"]["code"] == "batch_expired"
+    assert backend.cancelled == Counter(slow)  # in-flight requests were abandoned, not awaited
+
+
+async def test_expiry_before_validation_runs_no_request(world: World) -> None:
+    backend = GatedBackend()
+    engine = world.engine(backend)
+    created = await world.submit(["never"])
+    world.clock.advance(WINDOW_S)
+    await settle(engine, engine.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.EXPIRED
+    assert backend.calls == Counter()
+    assert batch.output_file_id is None
+
+
+async def test_cancel_mid_batch(world: World) -> None:
+    fast = [f"fast-{i}" for i in range(2)]
+    slow = [f"slow-{i}" for i in range(12)]  # more than the window: some never reach the backend
+    backend = GatedBackend(held=set(slow), max_concurrency=3)
+    engine = world.engine(backend)
+    created = await world.submit(fast + slow)
+    await engine.tick()
+    await world.wait_until(created.id, lambda b: b.request_counts.completed == len(fast))
+    await backend.wait_for_calls(lambda calls: sum(calls[name] for name in slow) == 3)
+
+    cancelling = await world.batches.cancel(PROJECT, created.id)
+    assert cancelling.status is S.CANCELLING
+    assert cancelling.cancelling_at is not None
+    await settle(engine, engine.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.CANCELLED
+    assert batch.cancelled_at is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 0)
+    assert ids_of(await world.lines(batch.output_file_id)) == sorted(fast)
+    errors = await world.lines(batch.error_file_id)
+    assert ids_of(errors) == sorted(slow)
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    assert all(line["response"] is None for line in errors)
+    assert sum(backend.calls.values()) < len(fast) + len(slow)
+    again = await world.batches.cancel(PROJECT, created.id)  # idempotent once cancelled
+    assert again.status is S.CANCELLED
+
+
+async def test_new_engine_resumes_only_lines_without_results(world: World) -> None:
+    fast = [f"fast-{i}" for i in range(5)]
+    slow = [f"slow-{i}" for i in range(4)]
+    first = GatedBackend(held=set(slow), max_concurrency=4)
+    engine = world.engine(first)
+    created = await world.submit(fast + slow)
+    await engine.tick()
+    await world.wait_until(created.id, lambda b: b.request_counts.completed == len(fast))
+    await first.wait_for_calls(lambda calls: all(calls[name] for name in slow))
+    await engine.shutdown()  # as on a stop: in-flight requests are abandoned
+    assert (await world.batch(created.id)).status is S.IN_PROGRESS
+    assert first.cancelled == Counter(slow)
+
+    second = GatedBackend()
+    resumed = world.engine(second)
+    await settle(resumed, resumed.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert batch.request_counts.completed == len(fast) + len(slow)
+    assert second.calls == Counter(slow)  # the recorded lines did not run again
+    output = await world.lines(batch.output_file_id)
+    assert ids_of(output) == sorted(fast + slow)
+    assert batch.error_file_id is None
