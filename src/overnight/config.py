@@ -103,6 +103,13 @@ class Settings:
     file_sweep_interval_s: float = field(
         default=60.0, metadata=_help("How often files past their `expires_at` are deleted.")
     )
+    shutdown_grace_s: float = field(
+        default=10.0,
+        metadata=_help(
+            "On SIGTERM, how long requests in flight may take to answer before they are abandoned "
+            "(and run again after a restart)."
+        ),
+    )
     log_level: str = field(default="info", metadata=_help("debug, info, warning or error."))
     crash_at: str | None = field(
         default=None,
@@ -304,6 +311,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "result_flush_interval_s": _positive_float,
     "worker_poll_interval_s": _positive_float,
     "file_sweep_interval_s": _positive_float,
+    "shutdown_grace_s": _positive_float,
     "log_level": _log_level,
     "crash_at": _crash_point,
     "backends": _backends,

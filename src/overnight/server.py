@@ -17,7 +17,7 @@ from overnight.http.app import create_app
 from overnight.wiring import Runtime, open_runtime
 
 log = logging.getLogger("overnight")
-SHUTDOWN_GRACE_S = 10.0
+CLEANUP_S = 10.0  # after the engine's own grace period
 
 
 @contextlib.contextmanager
@@ -69,6 +69,6 @@ async def serve(settings: Settings) -> None:
         finally:
             for task in workers:
                 task.cancel()
-            await asyncio.wait(workers, timeout=SHUTDOWN_GRACE_S)
+            await asyncio.wait(workers, timeout=settings.shutdown_grace_s + CLEANUP_S)
             await runner.cleanup()
             await runtime.close()

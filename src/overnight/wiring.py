@@ -97,6 +97,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         retry=retry_policy(settings),
         rates=rate_limits(settings),
         probe=probe,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
     await router.start()
     return Runtime(

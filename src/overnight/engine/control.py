@@ -140,7 +140,8 @@ class CircuitBreaker:
         """Seconds until a probe may go (0 if one may go now or the breaker is closed)."""
         if self.state is not BreakerState.OPEN:
             return 0.0
-        return max(0.0, self._opened_at + self._current_open_s - now)
+        remaining = self._current_open_s - (now - self._opened_at)
+        return max(0.0, min(self._current_open_s, remaining))
 
     def sent(self) -> None:
         if self.state is BreakerState.HALF_OPEN:

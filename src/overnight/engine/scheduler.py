@@ -87,6 +87,29 @@ class Feed:
             self.finished.set()
 
 
+class ErrorDigest:
+    """Logs a backend's failures as patterns (status and how many) rather than one line each."""
+
+    def __init__(self, backend: str, clock: Clock, every_s: float = 30.0) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._every_s = every_s
+        self._counts: dict[int, int] = {}
+        self._last_logged: dict[int, float] = {}
+
+    def note(self, answer: Attempt) -> None:
+        status = answer.status if answer.answered else 0
+        self._counts[status] = self._counts.get(status, 0) + 1
+        now = self._clock.now()
+        if now - self._last_logged.get(status, float("-inf")) < self._every_s:
+            return
+        count = self._counts.pop(status)
+        self._last_logged[status] = now
+        what = f"status={answer.status}" if answer.answered else f"no_answer status={answer.status}"
+        detail = answer.body[:200].decode("utf-8", errors="replace")
+        log.warning("upstream errors backend=%s %s count=%d example=%s", self._backend, what, count, detail)
+
+
 def estimate_tokens(body: bytes) -> float:
     """A cheap upper-ish estimate of a request's tokens before it runs: ~4 bytes a token, plus room
     for the answer. Corrected from `usage` once the answer arrives."""
@@ -123,6 +146,9 @@ class BackendScheduler:
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._order = itertools.count()
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._errors = ErrorDigest(backend.name, clock)
 
     @property
     def in_flight(self) -> int:
@@ -149,6 +175,17 @@ class BackendScheduler:
         """Abandon the feed: queued lines and retries are dropped, requests in flight cancelled."""
         feed.stopped = True
         feed.finished.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Send nothing new and wait up to `timeout_s` for the requests in flight to answer; True
+        when none is left. Used by a graceful shutdown, so finished work need not run again."""
+        self._draining = True
+        if self._in_flight == 0:
+            return True
+        self._idle.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self._in_flight == 0
 
     async def close(self) -> None:
         if self._pump is not None:
@@ -219,7 +256,7 @@ class BackendScheduler:
     def _dispatch(self) -> float | None:
         """Start every request the limits allow now; returns how long until more may start (None:
         until something changes)."""
-        while self._in_flight < self.window.limit:
+        while self._in_flight < self.window.limit and not self._draining:
             now = self._clock.now()
             if not self.breaker.allows(now):
                 return self.breaker.retry_in(now) or None
@@ -277,6 +314,8 @@ class BackendScheduler:
 
     def _finish_attempt(self) -> None:
         self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
         self._wake.set()
 
     def _after(self, feed: Feed, request: _Request, answer: Attempt, latency_s: float) -> None:
@@ -284,6 +323,8 @@ class BackendScheduler:
         self.window.record(outcome_of(answer.status, answer.answered), now, latency_s)
         self.breaker.record(answer.answered and answer.status < 500, now)
         succeeded = 200 <= answer.status < 300
+        if not succeeded:
+            self._errors.note(answer)
         if succeeded:
             usage = usage_of(answer.body)
             self._metrics.tokens(self.backend.name, usage.input_tokens, usage.output_tokens)

@@ -46,8 +46,10 @@ class Engine:
         rates: Mapping[str, RateLimits] | None = None,
         metrics: EngineMetrics | None = None,
         probe: Probe = NO_PROBE,
+        shutdown_grace_s: float = 0.0,
     ) -> None:
         self._probe = probe
+        self._shutdown_grace = shutdown_grace_s
         self._store = store
         self._blobs = blobs
         self._router = router
@@ -142,9 +144,13 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
-            await self.shutdown()
+            await self.shutdown(self._shutdown_grace)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace_s: float = 0.0) -> None:
+        """Stop: send nothing new, give requests in flight `grace_s` to answer (their results are
+        kept), then abandon the rest; abandoned lines run again after a restart."""
+        if grace_s > 0 and self._schedulers:
+            await asyncio.gather(*(s.drain(grace_s) for s in self._schedulers.values()))
         drivers = list(self._drivers.values())
         for task in drivers:
             task.cancel()
