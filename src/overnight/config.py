@@ -103,6 +103,13 @@ class Settings:
     file_sweep_interval_s: float = field(
         default=60.0, metadata=_help("How often files past their `expires_at` are deleted.")
     )
+    lease_s: int = field(
+        default=30,
+        metadata=_help(
+            "How long a worker's claim on a batch lasts without renewal (it renews it every "
+            "`worker_poll_interval_s`); after that another worker may take the batch over."
+        ),
+    )
     shutdown_grace_s: float = field(
         default=10.0,
         metadata=_help(
@@ -311,6 +318,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "result_flush_interval_s": _positive_float,
     "worker_poll_interval_s": _positive_float,
     "file_sweep_interval_s": _positive_float,
+    "lease_s": _positive_int,
     "shutdown_grace_s": _positive_float,
     "log_level": _log_level,
     "crash_at": _crash_point,

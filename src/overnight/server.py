@@ -56,6 +56,8 @@ async def _wait_for_signal() -> None:
 async def serve(settings: Settings) -> None:
     with exclusive_data_dir(settings.data_dir):
         runtime = await open_runtime(settings)
+        # This process holds the data folder's lock, so any lease in it belongs to a dead server.
+        await runtime.store.release_all_leases()
         app = create_app(runtime.files, runtime.batches, runtime.authenticator, runtime.engine.metrics_text)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

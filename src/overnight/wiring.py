@@ -98,6 +98,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         rates=rate_limits(settings),
         probe=probe,
         shutdown_grace_s=settings.shutdown_grace_s,
+        lease_s=settings.lease_s,
     )
     await router.start()
     return Runtime(

@@ -395,9 +395,29 @@ async def test_sqlite_records_migrations_and_uses_wal(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1]
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
+
+
+async def test_sqlite_upgrades_a_version_1_database_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await store.add_batch(a_batch("batch_1"))
+    await store.close()
+    with sqlite3.connect(path) as conn:  # turn it back into what release 1 left on disk
+        conn.execute("ALTER TABLE batches DROP COLUMN worker_id")
+        conn.execute("ALTER TABLE batches DROP COLUMN lease_expires_at")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 2")
+    conn.close()
+    upgraded = SqliteStore(path)
+    await upgraded.open()
+    try:
+        assert (await upgraded.get_batch("batch_1")) is not None
+        assert await upgraded.claim_batch("batch_1", "w1", now=1, lease_s=30)
+    finally:
+        await upgraded.close()
 
 
 async def test_sqlite_refuses_a_database_from_a_newer_release(tmp_path: Path) -> None:
@@ -422,3 +442,35 @@ async def test_count_batches_by_status(store: MetadataStore) -> None:
     await store.add_batch(a_batch("batch_2", OTHER))
     await store.add_batch(a_batch("batch_3", status=S.IN_PROGRESS))
     assert await store.count_batches() == {S.VALIDATING: 2, S.IN_PROGRESS: 1}
+
+
+async def test_a_batch_lease_has_one_holder_until_it_runs_out(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    assert await store.claim_batch("batch_1", "w1", now=100, lease_s=30)
+    assert not await store.claim_batch("batch_1", "w2", now=129, lease_s=30)
+    assert await store.claim_batch("batch_1", "w1", now=129, lease_s=30)  # renewal, to 159
+    assert not await store.claim_batch("batch_1", "w2", now=158, lease_s=30)
+    assert await store.claim_batch("batch_1", "w2", now=159, lease_s=30)  # w1 presumed dead
+    assert not await store.claim_batch("batch_1", "w1", now=160, lease_s=30)
+
+
+async def test_released_leases_can_be_taken_at_once(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    await store.add_batch(a_batch("batch_2"))
+    assert await store.claim_batch("batch_1", "w1", now=100, lease_s=30)
+    assert await store.claim_batch("batch_2", "w1", now=100, lease_s=30)
+    await store.release_batch("batch_1", "w2")  # not the holder: nothing happens
+    assert not await store.claim_batch("batch_1", "w2", now=101, lease_s=30)
+    await store.release_batch("batch_1", "w1")
+    assert await store.claim_batch("batch_1", "w2", now=101, lease_s=30)
+    await store.release_all_leases()
+    assert await store.claim_batch("batch_2", "w3", now=101, lease_s=30)
+
+
+async def test_transitions_keep_the_lease(store: MetadataStore) -> None:
+    batch = a_batch("batch_1")
+    await store.add_batch(batch)
+    assert await store.claim_batch("batch_1", "w1", now=100, lease_s=30)
+    moved = dataclasses.replace(batch, status=S.IN_PROGRESS, in_progress_at=101)
+    assert await store.transition_batch(moved, expected=(S.VALIDATING,))
+    assert not await store.claim_batch("batch_1", "w2", now=101, lease_s=30)

@@ -359,3 +359,36 @@ async def test_new_engine_resumes_only_lines_without_results(world: World) -> No
     output = await world.lines(batch.output_file_id)
     assert ids_of(output) == sorted(fast + slow)
     assert batch.error_file_id is None
+
+
+async def test_a_dead_workers_batch_is_taken_over_when_its_lease_runs_out(world: World) -> None:
+    created = await world.submit(["a", "b", "c"])
+    now = int(world.clock.now())
+    assert await world.store.claim_batch(created.id, "worker-that-died", now, lease_s=30)
+    backend = GatedBackend()
+    engine = world.engine(backend)
+
+    await engine.tick()
+    await engine.idle()
+    assert backend.calls == Counter()  # still someone else's
+    assert (await world.batch(created.id)).status is S.VALIDATING
+
+    world.clock.advance(30)
+    await settle(engine, engine.tick)
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert backend.calls == Counter(["a", "b", "c"])
+    assert await world.store.claim_batch(created.id, "anyone", int(world.clock.now()), lease_s=30)  # released
+
+
+async def test_a_worker_that_lost_its_lease_stops_driving(world: World) -> None:
+    backend = GatedBackend(held={"x"})
+    engine = world.engine(backend)
+    created = await world.submit(["x"])
+    await engine.tick()
+    await backend.wait_for_calls(lambda calls: calls["x"] == 1)
+    world.clock.advance(31)  # the lease ran out and someone else took it
+    assert await world.store.claim_batch(created.id, "other-worker", int(world.clock.now()), lease_s=30)
+    await engine.tick()
+    await asyncio.wait_for(engine.idle(), CONDITION_TIMEOUT_S)
+    assert backend.cancelled == Counter(["x"])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 from collections.abc import Mapping
 
 from overnight.backends.base import Backend
@@ -47,7 +48,11 @@ class Engine:
         metrics: EngineMetrics | None = None,
         probe: Probe = NO_PROBE,
         shutdown_grace_s: float = 0.0,
+        worker_id: str | None = None,
+        lease_s: int = 30,
     ) -> None:
+        self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
+        self._lease_s = lease_s
         self._probe = probe
         self._shutdown_grace = shutdown_grace_s
         self._store = store
@@ -159,11 +164,20 @@ class Engine:
             await scheduler.close()
 
     async def tick(self) -> None:
-        """Start a driver for each active batch without one; signal cancels and expiries to running ones."""
+        """Drive each active batch this worker can lease; renew the leases of those it drives;
+        signal cancels and expiries to running drivers."""
         now = self._now()
         for batch in await self._store.batches_in(ACTIVE):
-            if batch.id not in self._drivers:
-                self._start_driver(batch.id)
+            leased = await self._store.claim_batch(batch.id, self.worker_id, now, self._lease_s)
+            driver = self._drivers.get(batch.id)
+            if driver is None:
+                if leased:
+                    self._start_driver(batch.id)
+            elif not leased:
+                log.warning(
+                    "lease lost id=%s worker=%s; another worker drives it now", batch.id, self.worker_id
+                )
+                driver.cancel()
             elif batch.status is S.CANCELLING or self._expired(batch, now):
                 self._stops[batch.id].set()
 
@@ -189,6 +203,12 @@ class Engine:
         return batch.status in (S.VALIDATING, S.IN_PROGRESS) and now >= batch.expires_at
 
     async def _drive(self, batch_id: str) -> None:
+        try:
+            await self._drive_until_done(batch_id)
+        finally:
+            await self._store.release_batch(batch_id, self.worker_id)
+
+    async def _drive_until_done(self, batch_id: str) -> None:
         while True:
             batch = await self._store.get_batch(batch_id)
             if batch is None or batch.status in TERMINAL:

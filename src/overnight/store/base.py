@@ -73,6 +73,20 @@ class MetadataStore(Protocol):
         """How many batches (of every project) are in each status; absent statuses have none."""
         ...
 
+    # -- leases: one worker drives a batch at a time ------------------------------------------------
+    async def claim_batch(self, batch_id: str, worker: str, now: int, lease_s: int) -> bool:
+        """Take or renew the lease on a batch until `now + lease_s`. Succeeds when nobody holds it,
+        `worker` already does, or the holder's lease ran out at or before `now`."""
+        ...
+
+    async def release_batch(self, batch_id: str, worker: str) -> None:
+        """Give the lease up, if `worker` holds it."""
+        ...
+
+    async def release_all_leases(self) -> None:
+        """Forget every lease: for a single server that has just proved it is the only one."""
+        ...
+
     # -- results -------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Insert rows whose line has no result yet (others are ignored) and update the batch's

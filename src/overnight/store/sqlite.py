@@ -26,6 +26,7 @@ from overnight.domain.models import (
     Usage,
 )
 from overnight.store import schema
+from overnight.store import sqlite_leases as leases
 from overnight.store.base import Order, Page
 
 P = ParamSpec("P")
@@ -392,6 +393,16 @@ class SqliteStore:
 
     async def count_batches(self) -> dict[BatchStatus, int]:
         return await self._call(_count_batches)
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def claim_batch(self, batch_id: str, worker: str, now: int, lease_s: int) -> bool:
+        return await self._call(leases.claim_batch, batch_id, worker, now, lease_s)
+
+    async def release_batch(self, batch_id: str, worker: str) -> None:
+        await self._call(leases.release_batch, batch_id, worker)
+
+    async def release_all_leases(self) -> None:
+        await self._call(leases.release_all_leases)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
