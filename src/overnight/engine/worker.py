@@ -18,8 +18,8 @@ from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
-from overnight.engine.control import BreakerState
-from overnight.engine.metrics import EngineMetrics, gauge_lines
+from overnight.engine.metrics import EngineMetrics
+from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import publish_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
@@ -89,49 +89,7 @@ class Engine:
 
     async def metrics_text(self) -> str:
         """Everything /metrics shows, in Prometheus' text format."""
-        counts = await self._store.count_batches()
-        running = await self._store.batches_in((S.IN_PROGRESS,))
-        waiting = sum(
-            b.request_counts.total - b.request_counts.completed - b.request_counts.failed for b in running
-        )
-        per_backend = sorted(self._schedulers.items())
-        lines = [
-            self.metrics.render().rstrip("\n"),
-            *gauge_lines(
-                "overnight_batches",
-                "Batches by status.",
-                [((("status", s.value),), counts.get(s, 0)) for s in S],
-            ),
-            *gauge_lines(
-                "overnight_requests_waiting",
-                "Requests of running batches without a result yet.",
-                [((), waiting)],
-            ),
-            *gauge_lines(
-                "overnight_upstream_in_flight",
-                "Requests in flight, by backend.",
-                [((("backend", name),), sched.in_flight) for name, sched in per_backend],
-            ),
-            *gauge_lines(
-                "overnight_dispatch_queue",
-                "Requests read and ready to send, by backend.",
-                [((("backend", name),), sched.queued) for name, sched in per_backend],
-            ),
-            *gauge_lines(
-                "overnight_concurrency_window",
-                "Requests the adaptive window allows in flight, by backend.",
-                [((("backend", name),), sched.window.limit) for name, sched in per_backend],
-            ),
-            *gauge_lines(
-                "overnight_circuit_open",
-                "1 while a backend's circuit breaker is not closed.",
-                [
-                    ((("backend", name),), int(sched.breaker.state is not BreakerState.CLOSED))
-                    for name, sched in per_backend
-                ],
-            ),
-        ]
-        return "\n".join(lines) + "\n"
+        return await render_metrics(self.metrics, self._store, self._schedulers)
 
     def wake(self) -> None:
         """Look at the batches now rather than at the next poll (a batch was created or cancelled)."""
