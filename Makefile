@@ -22,8 +22,8 @@ serve: $(BIN)/overnight
 	$(BIN)/overnight serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
@@ -32,7 +32,7 @@ test: lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
