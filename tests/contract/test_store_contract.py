@@ -474,3 +474,26 @@ async def test_transitions_keep_the_lease(store: MetadataStore) -> None:
     moved = dataclasses.replace(batch, status=S.IN_PROGRESS, in_progress_at=101)
     assert await store.transition_batch(moved, expected=(S.VALIDATING,))
     assert not await store.claim_batch("batch_1", "w2", now=101, lease_s=30)
+
+
+async def test_deleting_many_results_removes_them_all(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    await store.add_batch(a_batch("batch_2"))
+    await store.record_results("batch_1", [a_row(n) for n in range(12_345)])
+    await store.record_results("batch_2", [a_row(1)])
+    await store.delete_results("batch_1")
+    assert await store.finished_lines("batch_1") == set()
+    assert await store.finished_lines("batch_2") == {1}
+    batch = await store.get_batch("batch_1")
+    assert batch is not None
+    assert batch.request_counts.completed == 12_345  # counters outlive the scratch rows
+
+
+async def test_a_group_with_some_lines_already_recorded_counts_only_the_new(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    assert await store.record_results("batch_1", [a_row(1), a_row(2, K.FAILED)]) == 2
+    assert await store.record_results("batch_1", [a_row(2), a_row(3, K.FAILED), a_row(4)]) == 2
+    batch = await store.get_batch("batch_1")
+    assert batch is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 2)
+    assert batch.usage.input_tokens == 40

@@ -27,30 +27,36 @@ def test_outcomes() -> None:
 
 
 def test_window_starts_open_halves_on_overload_and_recovers() -> None:
-    window = AimdWindow(maximum=64, cooldown_s=1.0)  # longer than the default round trip
+    window = AimdWindow(maximum=64)
     assert window.limit == 64
-    window.record(Outcome.OVERLOADED, now=10.0)
+    burst = [window.sent() for _ in range(64)]
+    window.record(Outcome.OVERLOADED, burst[0])
     assert window.limit == 32
-    window.record(Outcome.OVERLOADED, now=10.5)  # same burst: ignored
+    for sequence in burst[1:]:  # sent before the decrease: the same signal again
+        window.record(Outcome.OVERLOADED, sequence)
     assert window.limit == 32
-    window.record(Outcome.OVERLOADED, now=11.0)
+    window.record(Outcome.OVERLOADED, window.sent())
     assert window.limit == 16
     for _ in range(2000):
-        window.record(Outcome.OK, now=12.0)
+        window.record(Outcome.OK, window.sent())
     assert window.limit == 64
 
 
-@given(
-    st.integers(min_value=1, max_value=512),
-    st.lists(st.tuples(st.sampled_from(list(Outcome)), st.floats(min_value=0, max_value=5)), max_size=300),
-)
-def test_window_stays_within_bounds(maximum: int, events: list[tuple[Outcome, float]]) -> None:
+@given(st.integers(min_value=1, max_value=512), st.lists(st.sampled_from(list(Outcome)), max_size=300))
+def test_window_stays_within_bounds(maximum: int, outcomes: list[Outcome]) -> None:
     window = AimdWindow(maximum=maximum)
-    now = 0.0
-    for outcome, step in events:
-        now += step
-        window.record(outcome, now)
+    for outcome in outcomes:
+        window.record(outcome, window.sent())
         assert 1 <= window.limit <= maximum
+
+
+@given(st.integers(min_value=2, max_value=512), st.integers(min_value=1, max_value=50))
+def test_one_overfull_window_halves_once(maximum: int, refused: int) -> None:
+    window = AimdWindow(maximum=maximum)
+    in_flight = [window.sent() for _ in range(maximum)]
+    for sequence in in_flight[:refused]:
+        window.record(Outcome.OVERLOADED, sequence)
+    assert window.limit == max(1, maximum // 2)
 
 
 @given(

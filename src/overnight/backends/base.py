@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from overnight.domain.models import Usage
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
@@ -35,6 +37,7 @@ class Attempt:
     answered: bool = True
     retry_after: float | None = None
     should_retry: bool | None = None
+    usage: Usage | None = None  # what the body reports, when the backend already read it
 
 
 class Backend(Protocol):

@@ -29,16 +29,13 @@ from overnight.backends.base import Attempt, UpstreamResponse
 from overnight.backends.retry import is_retryable_status, parse_retry_after, retry_delay
 from overnight.config import BackendConfig
 from overnight.domain.clock import Clock, SystemClock
+from overnight.domain.models import Usage
+from overnight.domain.results import object_usage
 
 MAX_ERROR_TEXT = 1000
 KEEPALIVE_S = 4.0
 
 
-class _AnyObject(msgspec.Struct):
-    """Decoding into this checks that bytes are one JSON object, skipping (not building) its fields."""
-
-
-_object_decoder = msgspec.json.Decoder(_AnyObject)
 _any_decoder = msgspec.json.Decoder()
 _encode = msgspec.json.encode
 
@@ -54,25 +51,32 @@ def error_body(message: str, code: str | None, kind: str = "upstream_error") -> 
 
 def normalize_body(status: int, data: bytes) -> tuple[int, bytes]:
     """(status, body) with body the bytes of a JSON object on one line; see the module docstring."""
+    status, data, _usage = normalize_answer(status, data)
+    return status, data
+
+
+def normalize_answer(status: int, data: bytes) -> tuple[int, bytes, Usage | None]:
+    """`normalize_body`, plus the usage the body reports (read in the same pass; None when the
+    body had to be replaced)."""
     try:
-        _object_decoder.decode(data)
+        usage = object_usage(data)
         if not data.isascii():
             data.decode()  # skipping does not check UTF-8
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         pass
     else:
         if b"\n" in data or b"\r" in data:
-            return status, _encode(_any_decoder.decode(data))
-        return status, data
+            return status, _encode(_any_decoder.decode(data)), usage
+        return status, data, usage
     text = data.decode("utf-8", errors="replace").strip()
     if len(text) > MAX_ERROR_TEXT:
         text = text[:MAX_ERROR_TEXT] + "..."
     if 200 <= status < 300:
         message = f"The upstream answered HTTP {status} with a body that is not a JSON object: {text!r}"
-        return 502, error_body(message, "upstream_invalid_response")
+        return 502, error_body(message, "upstream_invalid_response"), None
     if not text:
         text = f"The upstream answered HTTP {status} with an empty body."
-    return status, error_body(text, None)
+    return status, error_body(text, None), None
 
 
 def _new_request_id() -> str:
@@ -167,11 +171,13 @@ class HttpBackend:
         status, data, headers = outcome.status, outcome.data, outcome.headers
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
         override = headers.get("x-should-retry")
-        answer = self._answer(status, data, headers)
+        request_id = headers.get("x-request-id") or _new_request_id()
+        status, data, usage = normalize_answer(status, data)
         return Attempt(
-            answer.status,
-            answer.body,
-            answer.request_id,
+            status,
+            data,
+            request_id,
+            usage=usage,
             retry_after=retry_after,
             should_retry=None if override not in ("true", "false") else override == "true",
         )

@@ -40,12 +40,31 @@ class _BodyProbe(msgspec.Struct):
 _probe_decoder = msgspec.json.Decoder(_BodyProbe)
 
 
+class _AnyObject(msgspec.Struct):
+    """Decoding into this checks that bytes are one JSON object, skipping (not building) its fields."""
+
+
+_object_decoder = msgspec.json.Decoder(_AnyObject)
+
+
+def object_usage(body: bytes) -> Usage:
+    """The usage an answer reports, reading the body once; ValueError when it is not a JSON object."""
+    try:
+        return _usage(_probe_decoder.decode(body).usage)
+    except msgspec.ValidationError:
+        _object_decoder.decode(body)  # an object whose `usage` has another shape, or no object at all
+        return Usage()
+
+
 def usage_of(body: bytes) -> Usage:
     """Token usage reported in an upstream response body; zero when absent or unreadable."""
     try:
-        found = _probe_decoder.decode(body).usage
+        return object_usage(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return Usage()
+
+
+def _usage(found: _UsageProbe | None) -> Usage:
     if found is None:
         return Usage()
     input_details = found.input_tokens_details or found.prompt_tokens_details
@@ -59,9 +78,16 @@ def usage_of(body: bytes) -> Usage:
 
 
 def response_row(
-    line_no: int, line_id: str, custom_id: str, status: int, request_id: str, body: bytes
+    line_no: int,
+    line_id: str,
+    custom_id: str,
+    status: int,
+    request_id: str,
+    body: bytes,
+    usage: Usage | None = None,
 ) -> ResultRow:
-    """The result of a request that got an HTTP answer; `body` must be a JSON object's bytes."""
+    """The result of a request that got an HTTP answer; `body` must be a JSON object's bytes.
+    `usage` is what the body reports, when the caller has already read it."""
     line = b"".join(
         (
             b'{"id":',
@@ -79,7 +105,11 @@ def response_row(
     )
     succeeded = 200 <= status < 300
     kind = ResultKind.SUCCEEDED if succeeded else ResultKind.FAILED
-    return ResultRow(line_no, kind, line, usage_of(body) if succeeded else Usage())
+    if not succeeded:
+        usage = Usage()
+    elif usage is None:
+        usage = usage_of(body)
+    return ResultRow(line_no, kind, line, usage)
 
 
 def not_run_row(line_no: int, line_id: str, custom_id: str, code: str) -> ResultRow:

@@ -31,18 +31,18 @@ class AimdWindow:
     """Additive increase, multiplicative decrease of the requests allowed in flight.
 
     Starts fully open (a healthy backend need not earn its window). Each success adds 1/size, about
-    one slot per round trip; an overload halves it, at most once per round trip (the smoothed latency
-    of successful answers, or `cooldown_s` if longer) so that a burst of refusals caused by one
-    over-full window counts as one signal.
+    one slot per round trip. An overload halves it, but only once per window's worth of requests:
+    refusals of requests that were already sent before the last decrease say nothing new (like
+    TCP's recovery sequence), so one over-full window counts as one signal, however fast the
+    refusals come back.
     """
 
     maximum: int
     minimum: int = 1
     decrease_factor: float = 0.5
-    cooldown_s: float = 0.0
-    round_trip_s: float = 0.1
     size: float = field(init=False)
-    _last_decrease: float = field(init=False, default=float("-inf"))
+    _sent: int = field(init=False, default=0)
+    _recover: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.minimum = max(1, min(self.minimum, self.maximum))
@@ -52,14 +52,17 @@ class AimdWindow:
     def limit(self) -> int:
         return max(self.minimum, int(self.size))
 
-    def record(self, outcome: Outcome, now: float, latency_s: float | None = None) -> None:
+    def sent(self) -> int:
+        """Number a request as it is sent; pass the number back to `record`."""
+        self._sent += 1
+        return self._sent
+
+    def record(self, outcome: Outcome, sequence: int) -> None:
         if outcome is Outcome.OK:
             self.size = min(float(self.maximum), self.size + 1.0 / self.size)
-            if latency_s is not None and latency_s >= 0:
-                self.round_trip_s = 0.8 * self.round_trip_s + 0.2 * latency_s
-        elif now - self._last_decrease >= max(self.cooldown_s, self.round_trip_s):
+        elif sequence > self._recover:
             self.size = max(float(self.minimum), self.size * self.decrease_factor)
-            self._last_decrease = now
+            self._recover = self._sent
 
 
 @dataclass

@@ -58,6 +58,7 @@ class _Request:
     body: bytes
     attempts: int = 0
     tokens: float = 0.0
+    sequence: int = 0  # the window's number for the attempt in flight
 
 
 @dataclass(eq=False)
@@ -253,25 +254,42 @@ class BackendScheduler:
                     best, best_key = feed, key
         return best
 
-    def _dispatch(self) -> float | None:
-        """Start every request the limits allow now; returns how long until more may start (None:
-        until something changes)."""
-        while self._in_flight < self.window.limit and not self._draining:
-            now = self._clock.now()
-            if not self.breaker.allows(now):
-                return self.breaker.retry_in(now) or None
-            feed = self._pick()
-            if feed is None:
-                return None
-            request = feed.ready[0]
+    def _next(self) -> tuple[Feed, _Request] | float | None:
+        """Book the next request the limits allow now: the work, or how long until some may start
+        (a float), or None when nothing can start until something changes."""
+        if self._in_flight >= self.window.limit or self._draining:
+            return None
+        now = self._clock.now()
+        if not self.breaker.allows(now):
+            return self.breaker.retry_in(now) or None
+        feed = self._pick()
+        if feed is None:
+            return None
+        request = feed.ready[0]
+        if self._rpm is not None or self._tpm is not None:
             request.tokens = request.tokens or estimate_tokens(request.body)
             wait = self._rate_wait(request.tokens, now)
             if wait > 0:
                 return wait
-            feed.ready.popleft()
-            feed.room.set()
-            self._start(feed, request, now)
-        return None
+            self._take_budget(request.tokens, now)
+        feed.ready.popleft()
+        feed.room.set()
+        self._served[feed.project] += 1
+        self.breaker.sent()
+        request.sequence = self.window.sent()
+        self._in_flight += 1
+        return feed, request
+
+    def _dispatch(self) -> float | None:
+        """Start a sender for every request the limits allow now; returns how long until more may
+        start (None: until something changes)."""
+        while True:
+            work = self._next()
+            if not isinstance(work, tuple):
+                return work
+            feed, request = work
+            task = asyncio.create_task(self._sender(feed, request))
+            feed.in_flight.add(task)
 
     def _rate_wait(self, tokens: float, now: float) -> float:
         wait = 0.0
@@ -281,17 +299,31 @@ class BackendScheduler:
             wait = max(wait, self._tpm.wait_time(tokens, now))
         return wait
 
-    def _start(self, feed: Feed, request: _Request, now: float) -> None:
+    def _take_budget(self, tokens: float, now: float) -> None:
         if self._rpm is not None:
             self._rpm.take(1, now)
         if self._tpm is not None:
-            self._tpm.take(request.tokens, now)
-        self._served[feed.project] += 1
-        self.breaker.sent()
-        self._in_flight += 1
-        task = asyncio.create_task(self._send(feed, request))
-        feed.in_flight.add(task)
-        task.add_done_callback(feed.in_flight.discard)
+            self._tpm.take(tokens, now)
+
+    async def _sender(self, feed: Feed, request: _Request) -> None:
+        """Send booked requests one after another, taking the next straight away while the limits
+        allow, so a busy backend costs no task per request. The task belongs to the feed whose
+        request it is sending (stopping that feed cancels it)."""
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            await self._send(feed, request)
+            feed.in_flight.discard(task)
+            feed.check_finished()
+            work = self._next()
+            if not isinstance(work, tuple):
+                if work is not None:
+                    self._wake.set()  # a rate or breaker wait: the pump keeps the timer
+                return
+            feed, request = work
+            feed.in_flight.add(task)
+            if self._in_flight < self.window.limit:
+                self._wake.set()  # the window grew: the pump starts another sender
 
     async def _send(self, feed: Feed, request: _Request) -> None:
         started = self._clock.now()
@@ -307,26 +339,22 @@ class BackendScheduler:
         latency = self._clock.now() - started
         self._metrics.observe_attempt(self.backend.name, answer.status, latency)
         self._after(feed, request, answer, latency)
-        task = asyncio.current_task()
-        if task is not None:
-            feed.in_flight.discard(task)
-        feed.check_finished()
 
     def _finish_attempt(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
-        self._wake.set()
 
     def _after(self, feed: Feed, request: _Request, answer: Attempt, latency_s: float) -> None:
         now = self._clock.now()
-        self.window.record(outcome_of(answer.status, answer.answered), now, latency_s)
+        self.window.record(outcome_of(answer.status, answer.answered), request.sequence)
         self.breaker.record(answer.answered and answer.status < 500, now)
         succeeded = 200 <= answer.status < 300
         if not succeeded:
             self._errors.note(answer)
+        usage = None
         if succeeded:
-            usage = usage_of(answer.body)
+            usage = answer.usage if answer.usage is not None else usage_of(answer.body)
             self._metrics.tokens(self.backend.name, usage.input_tokens, usage.output_tokens)
             if self._tpm is not None and usage.total_tokens:
                 self._tpm.give_back(request.tokens - usage.total_tokens, now)
@@ -340,6 +368,7 @@ class BackendScheduler:
             answer.status,
             answer.request_id,
             answer.body,
+            usage,
         )
         self._metrics.finished(self.backend.name, succeeded)
         feed.sink(row)

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +33,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-RESULTS_PAGE = 1000
+RESULTS_PAGE = 5000
+DELETE_CHUNK = 5000  # rows per statement, so other calls are not stuck behind a big delete
 BUSY_TIMEOUT_MS = 5000
 
 # -- connection and schema -----------------------------------------------------------------------
@@ -249,37 +250,57 @@ def _count_batches(conn: sqlite3.Connection) -> dict[BatchStatus, int]:
     return {BatchStatus(status): count for status, count in rows}
 
 
+def _result_params(batch_id: str, row: ResultRow) -> tuple[object, ...]:
+    usage = row.usage
+    return (
+        batch_id,
+        row.line_no,
+        row.kind.value,
+        row.line,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens,
+    )
+
+
+def _add_counters(conn: sqlite3.Connection, batch_id: str, new_rows: Iterable[ResultRow]) -> None:
+    completed = failed = input_tokens = output_tokens = cached_tokens = reasoning_tokens = 0
+    for row in new_rows:
+        completed += row.kind is ResultKind.SUCCEEDED
+        failed += row.kind is ResultKind.FAILED
+        usage = row.usage
+        input_tokens += usage.input_tokens
+        output_tokens += usage.output_tokens
+        cached_tokens += usage.cached_tokens
+        reasoning_tokens += usage.reasoning_tokens
+    counters = (completed, failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
+    conn.execute(_COUNTERS_ADD, (*counters, batch_id))
+
+
 def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:
-    new = completed = failed = input_tokens = output_tokens = cached_tokens = reasoning_tokens = 0
-    cursor = conn.cursor()
-    execute = cursor.execute
-    succeeded_kind, failed_kind = ResultKind.SUCCEEDED, ResultKind.FAILED
+    """Insert the rows of lines without a result and count only those.
+
+    Usually every row is new: one executemany does it. When some line already had a result (a
+    request re-run after a crash), that attempt is rolled back and the rows go one at a time.
+    """
     with _transaction(conn):
-        for row in rows:
-            usage = row.usage
-            params = (
-                batch_id,
-                row.line_no,
-                row.kind.value,
-                row.line,
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cached_tokens,
-                usage.reasoning_tokens,
-            )
-            if execute(_RESULT_INSERT, params).rowcount != 1:
-                continue
-            new += 1
-            completed += row.kind is succeeded_kind
-            failed += row.kind is failed_kind
-            input_tokens += usage.input_tokens
-            output_tokens += usage.output_tokens
-            cached_tokens += usage.cached_tokens
-            reasoning_tokens += usage.reasoning_tokens
-        if new:
-            counters = (completed, failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
-            execute(_COUNTERS_ADD, (*counters, batch_id))
-    return new
+        conn.execute("SAVEPOINT fast")
+        before = conn.total_changes
+        conn.executemany(_RESULT_INSERT, [_result_params(batch_id, row) for row in rows])
+        if conn.total_changes - before == len(rows):
+            conn.execute("RELEASE fast")
+            _add_counters(conn, batch_id, rows)
+            return len(rows)
+        conn.execute("ROLLBACK TO fast")
+        conn.execute("RELEASE fast")
+        execute = conn.execute
+        new_rows = [
+            row for row in rows if execute(_RESULT_INSERT, _result_params(batch_id, row)).rowcount == 1
+        ]
+        if new_rows:
+            _add_counters(conn, batch_id, new_rows)
+        return len(new_rows)
 
 
 def _finished_lines(conn: sqlite3.Connection, batch_id: str) -> set[int]:
@@ -300,8 +321,13 @@ def _results_page(
     return [ResultRow(line_no, ResultKind(kind), line, Usage(*usage)) for line_no, kind, line, *usage in rows]
 
 
-def _delete_results(conn: sqlite3.Connection, batch_id: str) -> None:
-    conn.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
+def _delete_some_results(conn: sqlite3.Connection, batch_id: str, limit: int) -> int:
+    cursor = conn.execute(
+        "DELETE FROM results WHERE batch_id = ? AND line_no IN"
+        " (SELECT line_no FROM results WHERE batch_id = ? ORDER BY line_no LIMIT ?)",
+        (batch_id, batch_id, limit),
+    )
+    return cursor.rowcount
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -427,4 +453,5 @@ class SqliteStore:
             after_line = page[-1].line_no
 
     async def delete_results(self, batch_id: str) -> None:
-        await self._call(_delete_results, batch_id)
+        while await self._call(_delete_some_results, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
+            pass
