@@ -45,6 +45,12 @@ def a_file(
     return FileObject(file_id, project, 123, 1_700_000_000, f"{file_id}.jsonl", purpose, expires_at)
 
 
+async def line_numbers(store: MetadataStore, batch_id: str, kinds: list[ResultKind]) -> list[int]:
+    """The line numbers of the streamed result lines (rows made by `a_row` hold their number)."""
+    data = b"".join([chunk async for chunk in store.result_lines(batch_id, kinds)])
+    return [int(line.removeprefix(b'{"line":').removesuffix(b"}")) for line in data.splitlines()]
+
+
 def a_batch(
     batch_id: str,
     project: str = PROJECT,
@@ -240,8 +246,9 @@ async def test_record_results_counts_only_new_rows(store: MetadataStore) -> None
     assert batch.request_counts == RequestCounts(total=0, completed=2, failed=1)
     assert batch.usage == Usage(120, 10, 4, 2)
     assert await store.finished_lines("batch_1") == {1, 2, 3, 4}
-    kinds = {row.line_no: row.kind async for row in store.results("batch_1", list(K))}
-    assert kinds == {1: K.SUCCEEDED, 2: K.FAILED, 3: K.NOT_RUN, 4: K.SUCCEEDED}
+    assert await line_numbers(store, "batch_1", [K.SUCCEEDED]) == [1, 4]
+    assert await line_numbers(store, "batch_1", [K.FAILED]) == [2]
+    assert await line_numbers(store, "batch_1", [K.NOT_RUN]) == [3]
 
 
 async def test_results_stream_in_line_order_and_filter_by_kind(store: MetadataStore) -> None:
@@ -254,12 +261,11 @@ async def test_results_stream_in_line_order_and_filter_by_kind(store: MetadataSt
         rows = [a_row(n, kinds[n]) for n in shuffled[start : start + 400]]
         await store.record_results("batch_1", rows)
     await store.record_results("batch_2", [a_row(1), a_row(5000)])
-    streamed = [row async for row in store.results("batch_1", list(K))]
-    assert streamed == [a_row(n, kinds[n]) for n in lines]
-    errors = [row.line_no async for row in store.results("batch_1", [K.FAILED, K.NOT_RUN])]
+    assert await line_numbers(store, "batch_1", list(K)) == lines
+    errors = await line_numbers(store, "batch_1", [K.FAILED, K.NOT_RUN])
     assert errors == [n for n in lines if kinds[n] is not K.SUCCEEDED]
-    assert [row async for row in store.results("batch_1", [])] == []
-    assert [row async for row in store.results("batch_none", list(K))] == []
+    assert await line_numbers(store, "batch_1", []) == []
+    assert await line_numbers(store, "batch_none", list(K)) == []
 
 
 async def test_delete_results(store: MetadataStore) -> None:
@@ -383,7 +389,7 @@ async def test_data_survives_close_and_reopen(store_factory: StoreFactory) -> No
         batch = await again.get_batch("batch_1")
         assert batch is not None
         assert batch.request_counts == RequestCounts(0, 1, 1)
-        assert [row.line_no async for row in again.results("batch_1", list(K))] == [1, 2]
+        assert await line_numbers(again, "batch_1", list(K)) == [1, 2]
         await again.close()
 
 
@@ -497,3 +503,15 @@ async def test_a_group_with_some_lines_already_recorded_counts_only_the_new(stor
     assert batch is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 2)
     assert batch.usage.input_tokens == 40
+
+
+async def test_result_lines_stream_each_line_in_order_with_a_newline(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    kinds = [K.SUCCEEDED, K.FAILED, K.NOT_RUN]
+    await store.record_results("batch_1", [a_row(n, kinds[n % 3]) for n in range(12_001, 0, -1)])
+    chunks = [chunk async for chunk in store.result_lines("batch_1", [K.FAILED, K.NOT_RUN])]
+    assert len(chunks) > 1
+    expected = [b'{"line":%d}' % n for n in range(1, 12_002) if n % 3 != 0]
+    assert b"".join(chunks) == b"".join(line + b"\n" for line in expected)
+    assert [chunk async for chunk in store.result_lines("batch_1", [])] == []
+    assert [chunk async for chunk in store.result_lines("batch_none", kinds)] == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 
 from overnight.blobs.base import BlobStore
 from overnight.domain import limits
@@ -11,7 +11,6 @@ from overnight.domain.models import Batch, FileObject, ResultKind
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
-_CHUNK = 256 * 1024
 ERROR_KINDS = (ResultKind.FAILED, ResultKind.NOT_RUN)
 
 
@@ -24,20 +23,6 @@ def error_file_id(batch_id: str) -> str:
     return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}e"
 
 
-async def _chunks(store: MetadataStore, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
-    parts: list[bytes] = []
-    size = 0
-    async for row in store.results(batch_id, kinds):
-        parts.append(row.line)
-        parts.append(b"\n")
-        size += len(row.line) + 1
-        if size >= _CHUNK:
-            yield b"".join(parts)
-            parts, size = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
 async def _publish(
     store: MetadataStore,
     blobs: BlobStore,
@@ -48,7 +33,7 @@ async def _publish(
     filename: str,
 ) -> str | None:
     key = blob_key(file_id)
-    size = await blobs.put(key, _chunks(store, batch.id, kinds))
+    size = await blobs.put(key, store.result_lines(batch.id, kinds))
     if size == 0:
         await blobs.delete(key)
         return None

@@ -97,8 +97,9 @@ class MetadataStore(Protocol):
         """Line numbers that already have a result."""
         ...
 
-    def results(self, batch_id: str, kind: Collection[ResultKind]) -> AsyncIterator[ResultRow]:
-        """Results of one batch in line order, streamed."""
+    def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
+        """The `line` of each result of these kinds, in line order, each followed by a newline,
+        streamed in chunks of many lines (what an output or error file holds)."""
         ...
 
     async def delete_results(self, batch_id: str) -> None: ...

@@ -309,16 +309,18 @@ def _finished_lines(conn: sqlite3.Connection, batch_id: str) -> set[int]:
     }
 
 
-def _results_page(
+def _lines_page(
     conn: sqlite3.Connection, batch_id: str, kinds: list[str], after_line: int, limit: int
-) -> list[ResultRow]:
+) -> tuple[int, int, bytes]:
+    """(rows read, last line number, their lines joined with a newline after each)."""
     sql = (
-        "SELECT line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens"
-        f" FROM results WHERE batch_id = ? AND line_no > ? AND kind IN ({_placeholders(len(kinds))})"
-        " ORDER BY line_no LIMIT ?"
+        f"SELECT line_no, line FROM results WHERE batch_id = ? AND line_no > ?"
+        f" AND kind IN ({_placeholders(len(kinds))}) ORDER BY line_no LIMIT ?"
     )
-    rows = conn.execute(sql, (batch_id, after_line, *kinds, limit))
-    return [ResultRow(line_no, ResultKind(kind), line, Usage(*usage)) for line_no, kind, line, *usage in rows]
+    rows = conn.execute(sql, (batch_id, after_line, *kinds, limit)).fetchall()
+    if not rows:
+        return 0, after_line, b""
+    return len(rows), rows[-1][0], b"\n".join([line for _, line in rows]) + b"\n"
 
 
 def _delete_some_results(conn: sqlite3.Connection, batch_id: str, limit: int) -> int:
@@ -439,18 +441,19 @@ class SqliteStore:
     async def finished_lines(self, batch_id: str) -> set[int]:
         return await self._call(_finished_lines, batch_id)
 
-    async def results(self, batch_id: str, kind: Collection[ResultKind]) -> AsyncIterator[ResultRow]:
-        kinds = sorted({ResultKind(k).value for k in kind})
-        if not kinds:
+    async def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
+        wanted = sorted({ResultKind(k).value for k in kinds})
+        if not wanted:
             return
         after_line = -1
         while True:
-            page = await self._call(_results_page, batch_id, kinds, after_line, RESULTS_PAGE)
-            for row in page:
-                yield row
-            if len(page) < RESULTS_PAGE:
+            count, after_line, chunk = await self._call(
+                _lines_page, batch_id, wanted, after_line, RESULTS_PAGE
+            )
+            if chunk:
+                yield chunk
+            if count < RESULTS_PAGE:
                 return
-            after_line = page[-1].line_no
 
     async def delete_results(self, batch_id: str) -> None:
         while await self._call(_delete_some_results, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
