@@ -11,12 +11,13 @@ from overnight.domain.errors import InvalidRequest
 from overnight.http.auth import project_of
 from overnight.http.params import choice_param, limit_param
 from overnight.http.wire import file_json, json_response, list_json
-from overnight.services.files import FilesService, StagedContent, UploadForm
+from overnight.services.files import FilesService, StagedContent, UploadForm, size_limit, too_large
 
 FILES = web.AppKey("files", FilesService)
 _TEXT_FIELD_LIMIT = 64 * 1024
 _DRAIN_LIMIT = 2 * limits.MAX_FILE_BYTES
 _CHUNK = 256 * 1024
+_FORM_OVERHEAD = 1024 * 1024  # room for the other form fields and multipart boundaries
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -52,7 +53,11 @@ async def _read_form(
             raise InvalidRequest("Nested multipart bodies are not supported.")
         if part.name == "file" and staged is None:
             filename = part.filename or "upload"
-            staged = await service.stage(_part_chunks(part), fields.get("purpose"))
+            purpose = fields.get("purpose")
+            declared = request.content_length
+            if declared is not None and declared > size_limit(purpose) + _FORM_OVERHEAD:
+                raise too_large(purpose)  # refused before a byte of it is stored
+            staged = await service.stage(_part_chunks(part), purpose)
         elif part.name:
             fields[part.name] = await _text(part)
     if staged is None:

@@ -14,6 +14,11 @@ from overnight.store.base import Page
 T = TypeVar("T")
 
 
+# Purposes OpenAI accepts on upload but leaves out of its File schema: a strict SDK would reject a File
+# that names them, so they are shown as the nearest purpose the schema has (docs/compatibility.md).
+_SHOWN_PURPOSE = {"evals": "user_data"}
+
+
 def file_json(file: FileObject) -> dict[str, Any]:
     return {
         "id": file.id,
@@ -21,7 +26,7 @@ def file_json(file: FileObject) -> dict[str, Any]:
         "bytes": file.bytes,
         "created_at": file.created_at,
         "filename": file.filename,
-        "purpose": file.purpose,
+        "purpose": _SHOWN_PURPOSE.get(file.purpose, file.purpose),
         "status": file.status,
         "expires_at": file.expires_at,
         "status_details": None,
