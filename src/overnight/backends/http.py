@@ -10,6 +10,9 @@ a JSON object on one line; a JSON object spread over several lines (pretty-print
 newline) is re-encoded compactly, because result lines splice it into JSONL. Anything else is
 wrapped in an OpenAI-shaped error object. A 2xx answer that is not a JSON object becomes a 502.
 Requests that get no HTTP answer end as 502 (`upstream_unreachable`) or 504 (`upstream_timeout`).
+
+Transport: requests go through `overnight.backends.wire.Http1Client`, a lean HTTP/1.1 keep-alive pool
+(at most `max_concurrency` connections); aiohttp serves only `list_models`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import msgspec
 from yarl import URL
 
+from overnight import __version__
 from overnight.backends.base import Attempt, UpstreamResponse
 from overnight.backends.retry import is_retryable_status, parse_retry_after, retry_delay
+from overnight.backends.wire import Http1Client, Response
 from overnight.config import BackendConfig
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.models import Usage
@@ -34,6 +40,7 @@ from overnight.domain.results import object_usage
 
 MAX_ERROR_TEXT = 1000
 KEEPALIVE_S = 4.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 _any_decoder = msgspec.json.Decoder()
@@ -117,6 +124,8 @@ class HttpBackend:
         self._clock = clock if clock is not None else SystemClock()
         self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._wire: Http1Client | None = None
+        self._heads: dict[str, bytes] = {}  # endpoint -> the request's constant bytes
         self._slots = asyncio.Semaphore(config.max_concurrency)
 
     def __repr__(self) -> str:  # never shows the key
@@ -152,9 +161,30 @@ class HttpBackend:
             timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             raise_for_status=False,
         )
+        self._wire = Http1Client(
+            self._base,
+            limit=self.config.max_concurrency,
+            headers=self._wire_headers(),
+            keepalive_s=KEEPALIVE_S,  # as above; a request that still meets a closing one is resent
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+        )
+
+    def _wire_headers(self) -> dict[str, str]:
+        """The fixed headers of every request (no Accept-Encoding: answers come uncompressed)."""
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"overnight/{__version__}",
+        }
+        if "Authorization" in self._headers:
+            headers["Authorization"] = self._headers["Authorization"]
+        return headers
 
     async def close(self) -> None:
         session, self._session = self._session, None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await wire.close()
         if session is not None:
             await session.close()
 
@@ -163,12 +193,24 @@ class HttpBackend:
             raise RuntimeError(f"backend {self.name!r} is not started")
         return self._session
 
+    def _started_wire(self) -> Http1Client:
+        if self._wire is None:
+            raise RuntimeError(f"backend {self.name!r} is not started")
+        return self._wire
+
+    def _head(self, wire: Http1Client, endpoint: str) -> bytes:
+        head = self._heads.get(endpoint)
+        if head is None:
+            head = self._heads[endpoint] = wire.prepare("POST", self.url_for(endpoint).raw_path_qs)
+        return head
+
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
-        outcome = await self._attempt(self._started(), self.url_for(endpoint), body)
+        wire = self._started_wire()
+        outcome = await self._attempt(wire, self._head(wire, endpoint), body)
         if isinstance(outcome, tuple):
             failed = self._no_answer(outcome, 1)
             return Attempt(failed.status, failed.body, failed.request_id, answered=False)
-        status, data, headers = outcome.status, outcome.data, outcome.headers
+        status, data, headers = outcome.status, outcome.body, outcome.headers
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
         override = headers.get("x-should-retry")
         request_id = headers.get("x-request-id") or _new_request_id()
@@ -183,36 +225,44 @@ class HttpBackend:
         )
 
     async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        session = self._started()
-        url = self.url_for(endpoint)
+        wire = self._started_wire()
+        head = self._head(wire, endpoint)
         attempt = 1
         while True:
             async with self._slots:
-                outcome = await self._attempt(session, url, body)
+                outcome = await self._attempt(wire, head, body)
             if isinstance(outcome, tuple):  # no HTTP answer
                 if attempt >= self._max_attempts:
                     return self._no_answer(outcome, attempt)
                 delay = self._delay(attempt, None)
             else:
-                status, data, headers = outcome.status, outcome.data, outcome.headers
+                status, data, headers = outcome.status, outcome.body, outcome.headers
                 if status < 300 or attempt >= self._max_attempts or not _should_retry(status, headers):
                     return self._answer(status, data, headers)
                 delay = self._delay(attempt, parse_retry_after(headers, self._clock.now()))
             await self._sleep(delay)
             attempt += 1
 
+    async def list_models(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The model objects of the upstream's `GET /v1/models` (raises when it gives no good answer)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self._started().get(self.url_for("/v1/models"), timeout=timeout) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"GET /v1/models answered HTTP {resp.status}")
+            listing = _any_decoder.decode(await resp.read())
+        data = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(data, list):
+            raise RuntimeError("GET /v1/models answered no `data` list")
+        return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _attempt(
-        self, session: aiohttp.ClientSession, url: URL, body: bytes
-    ) -> _Answer | tuple[int, str, str]:
+    async def _attempt(self, wire: Http1Client, head: bytes, body: bytes) -> Response | tuple[int, str, str]:
         try:
-            async with session.post(url, data=body) as resp:
-                data = await resp.read()
-                return _Answer(resp.status, data, resp.headers)
-        except TimeoutError:  # asyncio.TimeoutError and aiohttp's ServerTimeoutError
+            return await wire.request(head, body, self._timeout_s)
+        except TimeoutError:  # a subclass of OSError: first
             return (*_TIMEOUT, f"no answer within {self._timeout_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # ConnectionError, ssl.SSLError, DNS errors
             return (*_UNREACHABLE, _describe(exc))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -234,15 +284,6 @@ class HttpBackend:
         tries = "attempt" if attempts == 1 else "attempts"
         message = f"Backend {self.name!r} gave no answer after {attempts} {tries}: {detail}"
         return UpstreamResponse(status, error_body(message, code), _new_request_id())
-
-
-class _Answer:
-    __slots__ = ("data", "headers", "status")
-
-    def __init__(self, status: int, data: bytes, headers: Mapping[str, str]) -> None:
-        self.status = status
-        self.data = data
-        self.headers = headers
 
 
 def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
