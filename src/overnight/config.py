@@ -132,6 +132,22 @@ class Settings:
             "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`). Config file only."
         ),
     )
+    local_models: bool = field(
+        default=True,
+        metadata=_help(
+            "Serve the models Overnight carries (`all-minilm-l6-v2` for /v1/embeddings; "
+            "`smollm2-135m-instruct` for chat where it is installed) in-process on the CPU, after the "
+            "configured backends and before `upstream`. `true` or `false`."
+        ),
+    )
+    model_aliases: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=_help(
+            "Other names for the local models, as a `[model_aliases]` table in the config file "
+            '(e.g. `"text-embedding-3-small" = "all-minilm-l6-v2"`); answers report the name asked for. '
+            "Config file only."
+        ),
+    )
 
     def all_backends(self) -> tuple[BackendConfig, ...]:
         """The configured backends, then `upstream` as a catch-all if given."""
@@ -270,6 +286,28 @@ def _api_keys(name: str, value: Any) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"setting '{name}': expected true or false, got {value!r}")
+
+
+def _aliases(name: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"setting '{name}': expected a [{name}] table of alias = \"model\"")
+    pairs = []
+    for alias, target in value.items():
+        if not alias:
+            raise ConfigError(f"setting '{name}': an alias may not be empty")
+        pairs.append((alias, _text(f"{name}.{alias}", target)))
+    return tuple(pairs)
+
+
 def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"setting '{name}': expected [[backends]] tables")
@@ -323,8 +361,10 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "log_level": _log_level,
     "crash_at": _crash_point,
     "backends": _backends,
+    "local_models": _bool,
+    "model_aliases": _aliases,
 }
-FILE_ONLY = frozenset({"backends"})
+FILE_ONLY = frozenset({"backends", "model_aliases"})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

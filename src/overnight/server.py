@@ -58,7 +58,13 @@ async def serve(settings: Settings) -> None:
         runtime = await open_runtime(settings)
         # This process holds the data folder's lock, so any lease in it belongs to a dead server.
         await runtime.store.release_all_leases()
-        app = create_app(runtime.files, runtime.batches, runtime.authenticator, runtime.engine.metrics_text)
+        app = create_app(
+            runtime.files,
+            runtime.batches,
+            runtime.authenticator,
+            runtime.engine.metrics_text,
+            runtime.models,
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from overnight.backends.base import Backend
 from overnight.backends.http import HttpBackend
+from overnight.backends.local import embeddings
+from overnight.backends.local.backend import KNOWN_MODELS, LocalBackend
+from overnight.backends.local.base import LocalModel
 from overnight.backends.router import Router
 from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Settings
@@ -19,10 +24,81 @@ from overnight.http.auth import Authenticator
 from overnight.probes import probe_for
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService
+from overnight.services.models import ModelsService
 from overnight.store.sqlite import SqliteStore
 
+log = logging.getLogger("overnight")
+CHAT_MODULE = "overnight.backends.local.chat"
 
-def build_backends(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Backend]:
+
+def _chat_model() -> LocalModel | None:
+    """The chat model, where its module (and llama-cpp-python and the GGUF it needs) is installed."""
+    try:
+        module = importlib.import_module(CHAT_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == CHAT_MODULE:
+            return None
+        raise
+    load = getattr(module, "load_chat_model", None)
+    model: LocalModel | None = load() if callable(load) else None
+    return model
+
+
+def local_models() -> list[LocalModel]:
+    """The local models installed here."""
+    models: list[LocalModel] = []
+    if embeddings.is_available():
+        models.append(embeddings.MiniLmEmbeddings())
+    else:
+        log.warning("local model %s is not installed; not serving it", embeddings.MODEL_NAME)
+    chat = _chat_model()
+    if chat is not None:
+        models.append(chat)
+    return models
+
+
+def build_local_backend(settings: Settings, models: list[LocalModel] | None = None) -> LocalBackend | None:
+    """The backend of the local models (None when they are off or none is installed)."""
+    if not settings.local_models:
+        if settings.model_aliases:
+            raise ConfigError("setting 'model_aliases': needs local_models = true")
+        return None
+    for index, config in enumerate(settings.backends):
+        if config.name == LocalBackend.name:
+            raise ConfigError(
+                f"setting 'backends[{index}].name': {config.name!r} is the name of the local models' backend"
+            )
+    models = local_models() if models is None else models
+    names = {model.name for model in models}
+    aliases: dict[str, str] = {}
+    for alias, target in settings.model_aliases:
+        where = f"model_aliases.{alias}"
+        if target not in KNOWN_MODELS:
+            known = ", ".join(KNOWN_MODELS)
+            raise ConfigError(f"setting '{where}': {target!r} is not a local model (one of {known})")
+        if alias in KNOWN_MODELS:
+            raise ConfigError(f"setting '{where}': {alias!r} is already the name of a local model")
+        if target in names:
+            aliases[alias] = target
+        else:
+            log.warning("alias %s not served: local model %s is not installed here", alias, target)
+    return LocalBackend(models, aliases) if models else None
+
+
+def build_backends(
+    settings: Settings, environ: Mapping[str, str] | None = None, local: LocalBackend | None = None
+) -> list[Backend]:
+    """The configured backends, the local models (if on), then `upstream` as a catch-all.
+
+    `local` replaces the local backend built from settings (tests)."""
+    backends = _http_backends(settings, environ)
+    local = build_local_backend(settings) if local is None else local
+    if local is not None:
+        backends.insert(len(settings.backends), local)
+    return backends
+
+
+def _http_backends(settings: Settings, environ: Mapping[str, str] | None) -> list[Backend]:
     environ = os.environ if environ is None else environ
     backends: list[Backend] = []
     for index, config in enumerate(settings.all_backends()):
@@ -70,6 +146,7 @@ class Runtime:
     router: Router
     files: FilesService
     batches: BatchesService
+    models: ModelsService
     engine: Engine
     authenticator: Authenticator
 
@@ -108,6 +185,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtim
         router=router,
         files=FilesService(store, blobs, ids, clock, probe),
         batches=BatchesService(store, ids, clock, settings.completion_windows, on_change=engine.wake),
+        models=ModelsService(router.backends, router.backend_for, clock),
         engine=engine,
         authenticator=Authenticator(settings.api_keys),
     )

@@ -9,6 +9,7 @@ Nothing here depends on machine speed: retry sleeps are recorded, not slept.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import socket
@@ -22,8 +23,12 @@ from hypothesis import strategies as st
 
 from overnight.backends.base import Backend, UpstreamResponse
 from overnight.backends.http import HttpBackend, normalize_body
+from overnight.backends.local.backend import LocalBackend
+from overnight.backends.local.embeddings import MiniLmEmbeddings
+from overnight.backends.local.embeddings import is_available as embeddings_available
 from overnight.config import BackendConfig
 from support.fake_upstream import FakeUpstream
+from support.local_models import EchoChat
 
 CHAT = "/v1/chat/completions"
 GENEROUS_S = 30.0
@@ -58,17 +63,40 @@ def make_http(options: Options) -> Backend:
     )
 
 
+@functools.cache
+def shared_embeddings() -> MiniLmEmbeddings:
+    return MiniLmEmbeddings(batch_size=8)  # loads once, on first use; each backend starts and closes it
+
+
+def make_local(options: Options) -> Backend:
+    aliases = {"fake-chat": "echo-chat", "fake-embed": "all-minilm-l6-v2"}
+    return LocalBackend([shared_embeddings(), EchoChat()], aliases)
+
+
 @dataclass(frozen=True)
 class Harness:
     make: Callable[[Options], Backend]
     forwards: bool  # requests reach FakeUpstream, so `fake` directives and its counters apply
+    endpoints: frozenset[str] | None = None  # those it serves; None: all
 
     def require_forwarding(self) -> None:
         if not self.forwards:
             pytest.skip("this backend does not forward requests to an upstream")
 
+    def require_endpoint(self, endpoint: str) -> None:
+        if self.endpoints is not None and endpoint not in self.endpoints:
+            pytest.skip(f"this backend does not serve {endpoint}")
 
-IMPLEMENTATIONS = [pytest.param(Harness(make_http, forwards=True), id="http")]
+
+LOCAL_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+IMPLEMENTATIONS = [
+    pytest.param(Harness(make_http, forwards=True), id="http"),
+    pytest.param(
+        Harness(make_local, forwards=False, endpoints=LOCAL_ENDPOINTS),
+        id="local",
+        marks=pytest.mark.skipif(not embeddings_available(), reason="local embeddings not installed"),
+    ),
+]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
@@ -140,8 +168,9 @@ def error_of(answer: UpstreamResponse) -> dict[str, Any]:
     ],
 )
 async def test_success_is_a_2xx_json_object(
-    run_with: Callable[..., Any], endpoint: str, body: dict[str, Any]
+    harness: Harness, run_with: Callable[..., Any], endpoint: str, body: dict[str, Any]
 ) -> None:
+    harness.require_endpoint(endpoint)
     async with run_with() as run:
         answer = await run.send(body, endpoint)
     assert 200 <= answer.status < 300

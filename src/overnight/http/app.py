@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from overnight.http import batches, files
+from overnight.http import batches, files, models
 from overnight.http.auth import Authenticator, auth_middleware
 from overnight.http.errors import errors_middleware
 from overnight.http.wire import json_response
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService
+from overnight.services.models import ModelsService
 
 REQUEST_ID = "x-request-id"
 
@@ -58,6 +59,7 @@ def create_app(
     batches_service: BatchesService,
     authenticator: Authenticator,
     metrics_source: MetricsSource,
+    models_service: ModelsService | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator)],
@@ -69,4 +71,6 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     files.add_routes(app, files_service)
     batches.add_routes(app, batches_service)
+    if models_service is not None:
+        models.add_routes(app, models_service)
     return app

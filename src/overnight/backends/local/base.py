@@ -1,0 +1,43 @@
+"""What a local model offers the local backend."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+
+class LocalModel(Protocol):
+    """One model that answers some OpenAI endpoints in-process.
+
+    `handle` gets the decoded JSON request body (its `model` may be an alias) and returns the HTTP
+    status and the JSON response body, shaped exactly like OpenAI's answer for that endpoint (or
+    an OpenAI error object with a 4xx status for a request the model cannot serve). Heavy work
+    runs off the event loop; `handle` may be called many times concurrently.
+    """
+
+    name: str
+    endpoints: frozenset[str]
+
+    async def start(self) -> None:
+        """Load the model (may take a while; called once before the first request)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def handle(self, endpoint: str, request: dict[str, Any], model_name: str) -> tuple[int, bytes]:
+        """Answer one request; `model_name` is the name to report in the response (the alias used)."""
+        ...
+
+
+def error_answer(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+) -> tuple[int, bytes]:
+    """An OpenAI-shaped error answer, as `LocalModel.handle` returns it."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return status, msgspec.json.encode({"error": error})
