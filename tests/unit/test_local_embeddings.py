@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ class Blocking:
     """A run function that holds the batcher's thread until `release`."""
 
     def __init__(self) -> None:
-        self.gate = asyncio.Event()
+        self.gate = threading.Event()  # waited on in the batcher's thread
         self.started = asyncio.Event()
         self.seen: list[list[int]] = []
         self._loop = asyncio.get_running_loop()
@@ -244,7 +245,7 @@ class Blocking:
     def __call__(self, items: list[int]) -> list[int]:
         self.seen.append(items)
         self._loop.call_soon_threadsafe(self.started.set)
-        asyncio.run_coroutine_threadsafe(self.gate.wait(), self._loop).result(timeout=30)
+        self.gate.wait(timeout=30)
         return items
 
 
