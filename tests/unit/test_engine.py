@@ -53,6 +53,7 @@ class GatedBackend:
         self.held = set(held or ())
         self.statuses = dict(statuses or {})
         self.calls: Counter[str] = Counter()
+        self.order: list[str] = []
         self.cancelled: Counter[str] = Counter()
         self._gate = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -80,6 +81,7 @@ class GatedBackend:
     async def _answer(self, body: bytes) -> tuple[int, bytes, str]:
         custom_id: str = json.loads(body)["messages"][0]["content"]
         self.calls[custom_id] += 1
+        self.order.append(custom_id)
         async with self._changed:
             self._changed.notify_all()
         try:
@@ -146,7 +148,7 @@ class World:
         self.engines.append(engine)
         return engine
 
-    async def submit(self, custom_ids: list[str]) -> Batch:
+    async def submit(self, custom_ids: list[str], window: str = "1h") -> Batch:
         content = b"".join(json.dumps(request_line(cid)).encode() + b"\n" for cid in custom_ids)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -154,7 +156,7 @@ class World:
 
         staged = await self.files.stage(chunks(), "batch")
         file = await self.files.create(PROJECT, staged, UploadForm("input.jsonl", "batch"))
-        params = {"input_file_id": file.id, "endpoint": "/v1/chat/completions", "completion_window": "1h"}
+        params = {"input_file_id": file.id, "endpoint": "/v1/chat/completions", "completion_window": window}
         return await self.batches.create(PROJECT, params)
 
     async def batch(self, batch_id: str) -> Batch:
@@ -194,7 +196,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     blobs = LocalBlobStore(tmp_path / "blobs")
     ids = IdGenerator(clock)
     engines: list[Engine] = []
-    batches = BatchesService(store, ids, clock, ["24h", "1h"], on_change=lambda: None)
+    batches = BatchesService(store, ids, clock, ["24h", "1h", "7d"], on_change=lambda: None)
     built = World(store, blobs, clock, FilesService(store, blobs, ids, clock), batches, engines)
     try:
         yield built
@@ -392,3 +394,27 @@ async def test_a_worker_that_lost_its_lease_stops_driving(world: World) -> None:
     await engine.tick()
     await asyncio.wait_for(engine.idle(), CONDITION_TIMEOUT_S)
     assert backend.cancelled == Counter(["x"])
+
+
+async def test_batches_sharing_a_backend_run_earliest_deadline_first(world: World) -> None:
+    """Three batches with different windows share a one-slot backend: once all are queued, lines go
+    out earliest deadline first (the 1h batch, then 24h, then 7d), whichever batch started first."""
+    backend = GatedBackend(held={"w0", "d0", "h0"}, max_concurrency=1)
+    engine = world.engine(backend)
+    week = await world.submit([f"w{i}" for i in range(8)], window="7d")
+    day = await world.submit([f"d{i}" for i in range(8)], window="24h")
+    hour = await world.submit([f"h{i}" for i in range(8)], window="1h")
+    await engine.tick()
+    await backend.wait_for_calls(lambda calls: sum(calls.values()) == 1)  # one first line holds the slot
+    for _ in range(3000):  # wait (bounded) until the three batches are validated and queued
+        if engine.schedulers["gated"].queued == 23:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.schedulers["gated"].queued == 23
+    backend.release()
+    await asyncio.wait_for(engine.idle(), CONDITION_TIMEOUT_S)
+    for batch in (week, day, hour):
+        assert (await world.batch(batch.id)).status is S.COMPLETED
+    after_first = [custom_id[0] for custom_id in backend.order[1:]]
+    assert len(after_first) == 23
+    assert after_first == sorted(after_first, key="hdw".index)
