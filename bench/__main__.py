@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import crash, dispatch, ingest, latency
+from . import crash, dispatch, embeddings, ingest, latency
 from .procs import machine
 from .report import Section, render
 
-SCENARIOS = ("dispatch", "latency", "ingest", "crash")
+SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings")
 MB = 1_000_000
 
 
@@ -46,12 +46,14 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
     dispatch_n = args.requests or (2_000 if quick else 50_000)
     latency_n = args.requests or (2_000 if quick else 20_000)
     crash_n = args.requests or (4_000 if quick else 20_000)
+    embeddings_n = 500 if quick else 5_000
     c = args.concurrency
     return {
         "dispatch": lambda: dispatch.run(work, dispatch_n, c, args.py_spy),
         "latency": lambda: latency.run(work, latency_n, 128, 50.0),
         "ingest": lambda: ingest.run(work, ingest_sizes),
         "crash": lambda: crash.run(work, crash_n, c, 20.0),
+        "embeddings": lambda: embeddings.run(work, embeddings_n),
     }
 
 

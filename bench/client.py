@@ -37,6 +37,7 @@ class Api:
         self._session = session
         self._base = base_url
         self._headers = {"Authorization": "Bearer bench"}
+        self.retrieve_ms: list[float] = []  # the latency of each GET /batches/{id}, in order
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         async with self._session.request(method, self._base + path, headers=self._headers, **kwargs) as r:
@@ -52,12 +53,15 @@ class Api:
             form.add_field("file", content, filename=path.name, content_type="application/jsonl")
             return await self._json("POST", "/files", data=form)
 
-    async def create(self, input_file_id: str) -> Batch:
-        payload = {"input_file_id": input_file_id, "endpoint": ENDPOINT, "completion_window": "24h"}
+    async def create(self, input_file_id: str, endpoint: str = ENDPOINT) -> Batch:
+        payload = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h"}
         return await self._json("POST", "/batches", json=payload)
 
     async def retrieve(self, batch_id: str) -> Batch:
-        return await self._json("GET", f"/batches/{batch_id}")
+        started = time.perf_counter()
+        batch = await self._json("GET", f"/batches/{batch_id}")
+        self.retrieve_ms.append((time.perf_counter() - started) * 1000)
+        return batch
 
     async def wait(self, batch_id: str, until: Callable[[Batch], bool], poll_s: float = POLL_S) -> Batch:
         """Poll until `until(batch)` or the batch ends; raise if it makes no progress for STALL_S."""
@@ -117,6 +121,7 @@ class BatchRun:
     peak_rss_mb: float
     cores: dict[str, float]
     batch: Batch = field(repr=False)
+    poll_ms: list[float] = field(default_factory=list, repr=False)  # each GET /batches/{id}, while it ran
 
     @property
     def rps(self) -> float:
@@ -141,9 +146,15 @@ class BatchRun:
 
 
 async def run_batch(
-    server: Overnight, path: Path, requests: int, watch: dict[str, list[int]] | None = None
+    server: Overnight,
+    path: Path,
+    requests: int,
+    watch: dict[str, list[int]] | None = None,
+    *,
+    endpoint: str = ENDPOINT,
+    poll_s: float = POLL_S,
 ) -> BatchRun:
-    """Upload, create, poll every 50 ms until the batch ends, download its output (and error) file."""
+    """Upload, create, poll every `poll_s` until the batch ends, download its output (and error) file."""
     meter = CpuMeter({"overnight": [server.pid], **(watch or {})}, main_thread_of=("overnight",))
     async with session() as http:
         api = Api(http, server.base_url)
@@ -151,9 +162,9 @@ async def run_batch(
         t0 = time.time()
         uploaded = await api.upload(path)
         t_uploaded = time.time()
-        batch = await api.create(uploaded["id"])
+        batch = await api.create(uploaded["id"], endpoint)
         t_created = time.time()
-        batch = await api.wait(batch["id"], lambda b: False)
+        batch = await api.wait(batch["id"], lambda b: False, poll_s)
         t_seen = time.time()
         output = await api.content(batch["output_file_id"]) if batch.get("output_file_id") else b""
         t_done = time.time()
@@ -181,4 +192,5 @@ async def run_batch(
         peak_rss_mb=round(server.peak_rss_mb(), 1),
         cores=meter.cores(),
         batch=batch,
+        poll_ms=api.retrieve_ms,
     )

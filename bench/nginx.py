@@ -1,8 +1,11 @@
-"""An instant upstream: nginx answering every request with one fixed chat.completion body.
+"""An upstream in nginx answering every request with one fixed chat.completion body: at once, or after a
+fixed delay (`latency_ms`, with the echo module's `echo_sleep`).
 
 nginx (one worker process) is used because it is far cheaper per request than any Python server, so the
 client measured against it, not the upstream, sets the pace. `ensure_nginx()` installs Debian's
-`nginx-light` with apt-get when no nginx is found (only when the bench runs, and it says so).
+`nginx-light` with apt-get when no nginx is found (only when the bench runs, and it says so). The delayed
+form needs the echo module (Debian's `libnginx-mod-http-echo`, which nginx-light pulls in): `echo_module()`
+finds it, or says None.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ CHAT_COMPLETION = {
 BODY = json.dumps(CHAT_COMPLETION, separators=(",", ":"))
 
 _CONF = """\
-daemon off;
+{load_module}daemon off;
 master_process on;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -74,11 +77,26 @@ http {{
         location / {{
             default_type application/json;
             add_header x-request-id req_bench;
-            return 200 '{body}';
+{answer}
         }}
     }}
 }}
 """
+
+
+_INSTANT = "            return 200 '{body}';"
+# echo_sleep waits without blocking the worker; `echo -n` writes the body as is (chunked, no newline)
+_DELAYED = "            echo_sleep {seconds};\n            echo -n '{body}';"
+ECHO_MODULE_PATHS = (
+    "/usr/lib/nginx/modules/ngx_http_echo_module.so",
+    "/usr/local/lib/nginx/modules/ngx_http_echo_module.so",
+    "/usr/lib64/nginx/modules/ngx_http_echo_module.so",
+)
+
+
+def echo_module() -> str | None:
+    """The echo module's shared object, if installed."""
+    return next((p for p in ECHO_MODULE_PATHS if Path(p).is_file()), None)
 
 
 def _find() -> str | None:
@@ -116,10 +134,20 @@ def ensure_nginx() -> str:
 
 
 class Nginx:
-    """nginx with one worker on a free loopback port, configured and logging in a temp folder."""
+    """nginx with one worker on a free loopback port, configured and logging in a temp folder; it answers
+    at once, or after `latency_ms` (which needs the echo module: RuntimeError when it is missing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_ms: float | None = None) -> None:
         self.executable = ensure_nginx()
+        self.latency_ms = latency_ms
+        load_module = ""
+        answer = _INSTANT.format(body=BODY)
+        if latency_ms is not None:
+            module = echo_module()
+            if module is None:
+                raise RuntimeError("the nginx echo module is not installed (libnginx-mod-http-echo)")
+            load_module = f"load_module {module};\n"
+            answer = _DELAYED.format(seconds=f"{latency_ms / 1000:g}", body=BODY)
         self._folder = tempfile.TemporaryDirectory(prefix="overnight-bench-nginx-")
         self.prefix = Path(self._folder.name)
         self.port = free_port()
@@ -128,7 +156,9 @@ class Nginx:
         if any(c in BODY for c in "'$\\"):
             raise ValueError("the fixed body must not contain ', $ or \\ (nginx would read them)")
         conf = self.prefix / "nginx.conf"
-        conf.write_text(_CONF.format(prefix=self.prefix, port=self.port, body=BODY))
+        conf.write_text(
+            _CONF.format(load_module=load_module, prefix=self.prefix, port=self.port, answer=answer)
+        )
         self.process = subprocess.Popen(
             [self.executable, "-p", str(self.prefix), "-c", str(conf)],
             stdout=subprocess.DEVNULL,

@@ -274,8 +274,9 @@ class Overnight:
     """`overnight serve` as a subprocess with its own data folder, config file and log file."""
 
     def __init__(
-        self, work: Path, name: str, upstream: str, max_concurrency: int, **settings: float | str
+        self, work: Path, name: str, upstream: str | None, max_concurrency: int, **settings: float | str
     ) -> None:
+        """`upstream` None: no backend, so only the local models (on by default) serve."""
         self.data_dir = work / f"{name}-data"
         self.config = work / f"{name}.toml"
         self.log_path = work / f"{name}.log"
@@ -283,13 +284,14 @@ class Overnight:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.settings: dict[str, float | str] = {"worker_poll_interval_s": 0.05, **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in self.settings.items()]
-        lines += [
-            "[[backends]]",
-            'name = "bench"',
-            f"base_url = {json.dumps(upstream)}",
-            'models = ["*"]',
-            f"max_concurrency = {max_concurrency}",
-        ]
+        if upstream is not None:
+            lines += [
+                "[[backends]]",
+                'name = "bench"',
+                f"base_url = {json.dumps(upstream)}",
+                'models = ["*"]',
+                f"max_concurrency = {max_concurrency}",
+            ]
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
