@@ -21,7 +21,7 @@ from overnight.backends.local.base import LocalModel, error_answer
 log = logging.getLogger("overnight.local")
 
 NAME = "local"
-MAX_CONCURRENCY = 256  # requests handed to the models at once: room for micro-batches to form
+MAX_CONCURRENCY = 1024  # requests handed to the models at once: room for large micro-batches
 OWNED_BY = "overnight"
 KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")  # names a `model_aliases` entry may target
 
