@@ -262,7 +262,7 @@ async def test_unsupported_parameters_are_ignored(model: chat.SmolLmChat) -> Non
 async def test_close_cancels_queued_requests_and_stays_closed() -> None:
     model = chat.load_chat_model(instances=1, threads=1, context=512)
     assert model is not None
-    await model.start()
+    await chat_ok(model, temperature=0, max_tokens=1)  # instances load on the first request
     tasks = [asyncio.create_task(chat_ok(model, temperature=0, max_tokens=32)) for _ in range(6)]
     await asyncio.sleep(0.05)
     await model.close()

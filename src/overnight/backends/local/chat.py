@@ -218,7 +218,11 @@ class SmolLmChat:
         return f"SmolLmChat(instances={self.instances}, threads={self.threads}, context={self.context})"
 
     async def start(self) -> None:
-        """Load every instance (about 0.1 s each: the GGUF is memory-mapped once, shared)."""
+        """Nothing yet: the instances load on the first request (about 0.1 s each), so a server
+        that never runs a chat batch does not hold their memory (about 230 MB each)."""
+
+    async def _load_all(self) -> None:
+        """Load every instance (the GGUF is memory-mapped once, shared)."""
         async with self._start_lock:
             if self._executor is not None or self._closed:
                 return
@@ -266,7 +270,7 @@ class SmolLmChat:
     async def generate(self, job: Job) -> list[Generation]:
         """Run `job` on a free instance, off the event loop."""
         if self._executor is None:
-            await self.start()
+            await self._load_all()
         executor = self._executor
         if executor is None:
             raise RuntimeError(f"{MODEL_NAME} is closed")
