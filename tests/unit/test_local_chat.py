@@ -22,8 +22,8 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
 from overnight.backends.local import chat
-from overnight.backends.local.base import LocalModel
-from overnight.backends.local.chat_requests import CHAT, COMPLETIONS, RESPONSES, Refusal, parse
+from overnight.backends.local.base import LocalModel, Refusal
+from overnight.backends.local.chat_requests import CHAT, COMPLETIONS, RESPONSES, parse
 
 _MISSING = (
     "llama-cpp-python is not installed"

@@ -30,6 +30,16 @@ class LocalModel(Protocol):
         ...
 
 
+class Refusal(Exception):
+    """A request this model cannot serve as sent: a 400 with OpenAI's error shape."""
+
+    def __init__(self, message: str, param: str | None, code: str | None = "invalid_value") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
 def error_answer(
     status: int,
     message: str,

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from overnight.backends.local.base import error_answer
+from overnight.backends.local.base import Refusal, error_answer
 from overnight.backends.local.chat_answers import answer
 from overnight.backends.local.chat_requests import (
     CHAT,
@@ -36,7 +36,6 @@ from overnight.backends.local.chat_requests import (
     Job,
     Message,
     Prompt,
-    Refusal,
     Sampling,
     parse,
 )

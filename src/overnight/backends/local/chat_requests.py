@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from overnight.backends.local.base import Refusal
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
@@ -20,16 +22,6 @@ MAX_PROMPTS = 2048  # prompts in one /v1/completions request
 
 Message = dict[str, str]  # {"role", "content"}, as the chat template takes them
 Prompt = str | list[int]
-
-
-class Refusal(Exception):
-    """A request this model cannot serve as sent: a 400 with OpenAI's error shape."""
-
-    def __init__(self, message: str, param: str | None, code: str | None = "invalid_value") -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from overnight.backends.local.base import error_answer
+from overnight.backends.local.base import Refusal, error_answer
 from overnight.backends.local.batcher import MicroBatcher
 
 MODEL_NAME = "all-minilm-l6-v2"
@@ -84,16 +84,6 @@ def is_available() -> bool:
 
 
 # -- requests ------------------------------------------------------------------------------------
-
-
-class Refusal(Exception):
-    """A request this model cannot serve as sent: a 400 with OpenAI's error shape."""
-
-    def __init__(self, message: str, param: str | None, code: str | None = "invalid_value") -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
