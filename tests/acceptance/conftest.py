@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from openai import OpenAI
 from openai.types import Batch, FileObject
@@ -125,3 +126,18 @@ def run_batch(client: OpenAI, lines: list[dict[str, Any]], endpoint: str = "/v1/
     file = upload(client, lines)
     batch = client.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
     return wait_for(client, batch.id)
+
+
+def error_shape(response: httpx2.Response, status: int) -> dict[str, Any]:
+    """The `error` object of a raw error response, checked against OpenAI's shape."""
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers.get("x-request-id")
+    payload = response.json()
+    assert set(payload) == {"error"}
+    error: dict[str, Any] = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    assert error["type"] == "invalid_request_error"
+    return error

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx2
 import pytest
 from openai import AuthenticationError, NotFoundError
 from openai.types import Batch, FileObject
 
-from acceptance.conftest import chat_line, make_client, read_lines, upload, wait_for, write_config
+from acceptance.conftest import (
+    chat_line,
+    error_shape,
+    make_client,
+    read_lines,
+    upload,
+    wait_for,
+    write_config,
+)
 from support.server import FakeUpstreamProcess, OvernightServer
 
 KEYS = {"key-a": "alpha", "key-b": "beta"}
@@ -55,17 +62,6 @@ def _root(server: OvernightServer) -> str:
     return server.base_url.removesuffix("/v1")
 
 
-def _error(response: httpx2.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers.get("x-request-id")
-    payload = response.json()
-    assert set(payload) == {"error"}
-    error: dict[str, Any] = payload["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
-
-
 # -- who may call -------------------------------------------------------------------------------
 
 
@@ -95,7 +91,7 @@ def test_a_project_name_is_not_a_key(keyed: OvernightServer) -> None:
 def test_missing_key_is_401(keyed: OvernightServer, headers: dict[str, str]) -> None:
     with httpx2.Client(timeout=30) as http:
         for method, path in (("GET", "/files"), ("GET", "/batches"), ("POST", "/batches")):
-            error = _error(http.request(method, keyed.base_url + path, headers=headers), 401)
+            error = error_shape(http.request(method, keyed.base_url + path, headers=headers), 401)
             assert error["code"] == "missing_api_key"
             assert error["type"] == "invalid_request_error"
 

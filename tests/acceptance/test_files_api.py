@@ -15,6 +15,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from acceptance.conftest import (
     TERMINAL,
     chat_line,
+    error_shape,
     make_client,
     read_lines,
     upload,
@@ -37,20 +38,6 @@ def _error_body(exc: BadRequestError | NotFoundError) -> dict[str, Any]:
     assert isinstance(body, dict)
     assert set(body) >= {"message", "type", "param", "code"}
     return body
-
-
-def _assert_error_shape(response: httpx2.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers.get("x-request-id")
-    payload = response.json()
-    assert set(payload) == {"error"}
-    error: dict[str, Any] = payload["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    assert error["type"] == "invalid_request_error"
-    return error
 
 
 def _blob_sizes(server: OvernightServer) -> dict[str, int]:
@@ -170,11 +157,11 @@ def test_malformed_uploads_are_refused_with_openai_errors(server: OvernightServe
     url = f"{server.base_url}/files"
     with httpx2.Client(timeout=30) as http:
         not_multipart = http.post(url, headers=headers, json={"purpose": "batch"})
-        _assert_error_shape(not_multipart, 400)
+        error_shape(not_multipart, 400)
         no_file = http.post(url, headers=headers, files={"purpose": (None, "batch")})
-        assert _assert_error_shape(no_file, 400)["param"] == "file"
+        assert error_shape(no_file, 400)["param"] == "file"
         no_purpose = http.post(url, headers=headers, files={"file": ("a.jsonl", b"{}\n")})
-        assert _assert_error_shape(no_purpose, 400)["param"] == "purpose"
+        assert error_shape(no_purpose, 400)["param"] == "purpose"
 
 
 def test_oversized_batch_input_is_refused_and_not_kept(
@@ -354,7 +341,7 @@ def test_every_response_carries_a_request_id(client: OpenAI, server: OvernightSe
     assert caught.value.request_id
     with httpx2.Client(timeout=30) as http:
         missing = http.get(f"{server.base_url}/files/file-nope", headers={"Authorization": "Bearer k"})
-        _assert_error_shape(missing, 404)
+        error_shape(missing, 404)
         health = http.get(f"{_root(server)}/health")
         assert health.status_code == 200
         assert health.headers.get("x-request-id")
@@ -368,10 +355,10 @@ def test_unknown_route_is_a_json_404(server: OvernightServer) -> None:
             f"{_root(server)}/v2/files",
             f"{server.base_url}/files/a/b/c",
         ):
-            _assert_error_shape(http.get(url, headers=headers), 404)
+            error_shape(http.get(url, headers=headers), 404)
         wrong_method = http.put(f"{server.base_url}/files", headers=headers)
         assert wrong_method.status_code in (404, 405)
-        _assert_error_shape(wrong_method, wrong_method.status_code)
+        error_shape(wrong_method, wrong_method.status_code)
 
 
 # -- deleting a running batch's input ------------------------------------------------------------
