@@ -40,6 +40,23 @@ class Refusal(Exception):
         self.code = code
 
 
+def is_int(value: object) -> bool:
+    """A JSON integer (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_entries(value: Any, param: str, *, limit: int, shape: str, noun: str) -> list[Any]:
+    """OpenAI's `string | string[] | token[] | token[][]` parameter as a list of entries, a lone string
+    or token array being one entry; Refusal (with `shape` as its message) for anything else."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(is_int(v) for v in value)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise Refusal(shape, param)
+    if len(value) > limit:
+        raise Refusal(f"'{param}' holds {len(value)} {noun}; at most {limit} are allowed.", param)
+    return value
+
+
 def error_answer(
     status: int,
     message: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from overnight.backends.local.base import Refusal
+from overnight.backends.local.base import Refusal, as_entries, is_int
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -62,10 +62,6 @@ class Generation:
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -85,7 +81,7 @@ def _integer(
     value = request.get(key)
     if value is None:
         return None
-    if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+    if not is_int(value) or (low is not None and value < low) or (high is not None and value > high):
         limits = "".join(
             [
                 f" of at least {low}" if low is not None else "",
@@ -207,20 +203,19 @@ def parse_chat(request: dict[str, Any]) -> Job:
 
 
 def _prompts(value: Any) -> list[Prompt]:
-    if isinstance(value, str) or (isinstance(value, list) and value and all(_is_int(v) for v in value)):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise Refusal(
-            "'prompt' must be a string, an array of strings, an array of tokens or an array of token arrays.",
-            "prompt",
-        )
-    if len(value) > MAX_PROMPTS:
-        raise Refusal(f"'prompt' holds {len(value)} prompts; at most {MAX_PROMPTS} are allowed.", "prompt")
-    for index, entry in enumerate(value):
-        tokens = isinstance(entry, list) and entry and all(_is_int(v) and v >= 0 for v in entry)
+    entries: list[Prompt] = as_entries(
+        value,
+        "prompt",
+        limit=MAX_PROMPTS,
+        shape="'prompt' must be a string, an array of strings, an array of tokens"
+        " or an array of token arrays.",
+        noun="prompts",
+    )
+    for index, entry in enumerate(entries):
+        tokens = isinstance(entry, list) and entry and all(is_int(v) and v >= 0 for v in entry)
         if not isinstance(entry, str) and not tokens:
             raise Refusal(f"'prompt[{index}]' must be a string or a non-empty array of token ids.", "prompt")
-    return value
+    return entries
 
 
 def parse_completion(request: dict[str, Any]) -> Job:

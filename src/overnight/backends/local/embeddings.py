@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from overnight.backends.local.base import Refusal, error_answer
+from overnight.backends.local.base import Refusal, as_entries, error_answer, is_int
 from overnight.backends.local.batcher import MicroBatcher
 
 MODEL_NAME = "all-minilm-l6-v2"
@@ -92,15 +92,11 @@ class EmbeddingsRequest:
     base64: bool
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _token_ids(value: list[Any], where: str) -> list[int]:
     if not value:
         raise Refusal(f"'{where}' is an empty list of tokens.", "input")
     for token in value:
-        if not _is_int(token) or not 0 <= token < VOCAB_SIZE:
+        if not is_int(token) or not 0 <= token < VOCAB_SIZE:
             raise Refusal(
                 f"'{where}' must hold token ids of this model's vocabulary (0 to {VOCAB_SIZE - 1}), "
                 f"got {token!r}.",
@@ -111,16 +107,14 @@ def _token_ids(value: list[Any], where: str) -> list[int]:
 
 def parse_input(value: Any) -> list[Item]:
     """The request's inputs, as texts and token-id lists; Refusal when the shape is not OpenAI's."""
-    single_tokens = isinstance(value, list) and value and all(_is_int(v) for v in value)
-    if isinstance(value, str) or single_tokens:
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise Refusal(
-            "'input' must be a non-empty string, array of strings, array of tokens or array of token arrays.",
-            "input",
-        )
-    if len(value) > MAX_INPUTS:
-        raise Refusal(f"'input' holds {len(value)} items; at most {MAX_INPUTS} are allowed.", "input")
+    value = as_entries(
+        value,
+        "input",
+        limit=MAX_INPUTS,
+        shape="'input' must be a non-empty string, array of strings, array of tokens"
+        " or array of token arrays.",
+        noun="items",
+    )
     items: list[Item] = []
     for index, entry in enumerate(value):
         where = f"input[{index}]"
@@ -137,7 +131,7 @@ def parse_input(value: Any) -> list[Item]:
 
 def parse_request(request: dict[str, Any]) -> EmbeddingsRequest:
     dimensions = request.get("dimensions")
-    if dimensions is not None and (not _is_int(dimensions) or dimensions != DIMENSIONS):
+    if dimensions is not None and (not is_int(dimensions) or dimensions != DIMENSIONS):
         raise Refusal(
             f"The model {MODEL_NAME} only gives {DIMENSIONS}-dimensional embeddings; "
             f"'dimensions' = {dimensions!r} is not supported.",
