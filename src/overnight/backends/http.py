@@ -212,7 +212,6 @@ class HttpBackend:
             return Attempt(failed.status, failed.body, failed.request_id, answered=False)
         status, data, headers = outcome.status, outcome.body, outcome.headers
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
-        override = headers.get("x-should-retry")
         request_id = headers.get("x-request-id") or _new_request_id()
         status, data, usage = normalize_answer(status, data)
         return Attempt(
@@ -221,7 +220,7 @@ class HttpBackend:
             request_id,
             usage=usage,
             retry_after=retry_after,
-            should_retry=None if override not in ("true", "false") else override == "true",
+            should_retry=_retry_verdict(headers),
         )
 
     async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
@@ -286,13 +285,15 @@ class HttpBackend:
         return UpstreamResponse(status, error_body(message, code), _new_request_id())
 
 
-def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
+def _retry_verdict(headers: Mapping[str, str]) -> bool | None:
+    """The upstream's `x-should-retry` verdict, or None when it gave none."""
     override = headers.get("x-should-retry")
-    if override == "true":
-        return True
-    if override == "false":
-        return False
-    return is_retryable_status(status)
+    return None if override not in ("true", "false") else override == "true"
+
+
+def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
+    verdict = _retry_verdict(headers)
+    return is_retryable_status(status) if verdict is None else verdict
 
 
 def _describe(exc: BaseException) -> str:
