@@ -32,11 +32,6 @@ class Conflict(ApiError):
     status = 409
 
 
-class ServerError(ApiError):
-    status = 500
-    type = "server_error"
-
-
 def file_not_found(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id}", param="id")
 

@@ -200,12 +200,6 @@ class BatchValidator:
         self._model_served = False
         self._embedding_inputs = 0
         self._errors: list[BatchError] = []
-        self._error_count = 0
-
-    @property
-    def error_count(self) -> int:
-        """Every line error found, including those dropped past max_errors."""
-        return self._error_count
 
     def check_line(self, line_no: int, raw: bytes) -> None:
         """Check one physical line (1-based `line_no`, no trailing newline). Blank lines are skipped."""
@@ -239,7 +233,6 @@ class BatchValidator:
         return ValidationResult(errors, self._total, self._model)
 
     def _error(self, line_no: int, code: str, message: str, param: str | None) -> None:
-        self._error_count += 1
         if len(self._errors) < self._max_errors:
             self._errors.append(BatchError(code, message, param, line_no))
 

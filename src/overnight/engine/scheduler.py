@@ -338,14 +338,14 @@ class BackendScheduler:
         self._finish_attempt()
         latency = self._clock.now() - started
         self._metrics.observe_attempt(self.backend.name, answer.status, latency)
-        self._after(feed, request, answer, latency)
+        self._after(feed, request, answer)
 
     def _finish_attempt(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
 
-    def _after(self, feed: Feed, request: _Request, answer: Attempt, latency_s: float) -> None:
+    def _after(self, feed: Feed, request: _Request, answer: Attempt) -> None:
         now = self._clock.now()
         self.window.record(outcome_of(answer.status, answer.answered), request.sequence)
         self.breaker.record(answer.answered and answer.status < 500, now)
