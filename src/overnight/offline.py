@@ -50,7 +50,7 @@ async def guess_endpoint(path: Path) -> str:
 
 
 async def validate_file(path: Path, endpoint: str, router: Router) -> ValidationResult:
-    validator = BatchValidator(endpoint, lambda model: router.backend_for(model) is not None)
+    validator = BatchValidator(endpoint, router.serves)
     async for line_no, raw in split_lines(_chunks(path)):
         validator.check_line(line_no, raw)
     return validator.finish()

@@ -28,6 +28,10 @@ class Router:
         self._cache[model] = found
         return found
 
+    def serves(self, model: str) -> bool:
+        """Whether some backend takes requests for `model`."""
+        return self.backend_for(model) is not None
+
     async def start(self) -> None:
         """Start every backend; if one fails, close those already started and re-raise."""
         started: list[Backend] = []

@@ -140,7 +140,7 @@ class Engine:
                 self._stops[batch.id].set()
 
     async def idle(self) -> None:
-        """Wait until no batch is being driven (for tests and the offline runner)."""
+        """Wait until no batch is being driven (for tests)."""
         while self._drivers:
             await asyncio.gather(*self._drivers.values(), return_exceptions=True)
 
@@ -191,7 +191,7 @@ class Engine:
 
     # -- validating ----------------------------------------------------------------------------
     async def _validate(self, batch: Batch) -> None:
-        validator = BatchValidator(batch.endpoint, lambda model: self._router.backend_for(model) is not None)
+        validator = BatchValidator(batch.endpoint, self._router.serves)
         try:
             async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
                 validator.check_line(line_no, raw)
