@@ -118,6 +118,10 @@ class ChatRunner:
         for index in range(job.inputs):
             for choice in range(job.n):
                 seed = llama_seed(job.sampling.seed, choice)
+                # Evaluate the whole prompt every time: reusing the previous request's cached prefix
+                # evaluates the rest token by token, whose rounding differs from a batched evaluation,
+                # so the same greedy request could answer differently on a different instance.
+                self.llama.reset()  # type: ignore[no-untyped-call]
                 if job.kind == "chat":
                     results.append(self.chat(job.conversations[index], job.sampling, seed))
                 else:
