@@ -58,6 +58,9 @@ async def serve(settings: Settings) -> None:
         runtime = await open_runtime(settings)
         # This process holds the data folder's lock, so any lease in it belongs to a dead server.
         await runtime.store.release_all_leases()
+        discarded = await runtime.blobs.discard_unfinished()
+        if discarded:
+            log.info("discarded %d unfinished blob write(s) of an earlier run", discarded)
         app = create_app(
             runtime.files,
             runtime.batches,

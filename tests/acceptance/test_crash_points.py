@@ -15,6 +15,7 @@ import pytest
 from openai import OpenAI
 
 from acceptance.conftest import chat_line, make_client, read_lines, upload, wait_for, write_config
+from overnight.blobs.local import TEMP_PREFIX
 from support.server import FakeUpstreamProcess, OvernightServer
 
 DEATH_TIMEOUT_S = 120.0
@@ -73,6 +74,8 @@ def test_crash_during_a_batch(tmp_path: Path, upstream: FakeUpstreamProcess, poi
         assert len(output) == 200
         assert done.request_counts is not None
         assert done.request_counts.failed == 1
+        # the result files being written at the kill were discarded at the restart
+        assert not list((tmp_path / "data").rglob(f"{TEMP_PREFIX}*"))
     finally:
         server.stop()
 

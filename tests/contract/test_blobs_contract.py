@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overnight.blobs.base import BlobStore, BlobTooLarge, read_lines
-from overnight.blobs.local import LocalBlobStore
+from overnight.blobs.local import TEMP_PREFIX, LocalBlobStore
 
 
 async def stream(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -119,6 +119,12 @@ async def test_a_cancelled_put_stores_nothing(blobs: BlobStore) -> None:
     assert not await blobs.exists("k")
 
 
+async def test_discarding_unfinished_writes_keeps_finished_blobs(blobs: BlobStore) -> None:
+    await blobs.put("files/a", stream([b"kept"]))
+    assert await blobs.discard_unfinished() == 0
+    assert await content(blobs, "files/a") == b"kept"
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a/"])
 async def test_unsafe_keys_are_rejected(blobs: BlobStore, key: str) -> None:
     with pytest.raises(ValueError, match="key"):
@@ -150,6 +156,16 @@ async def test_local_failed_puts_leave_no_temp_files(tmp_path: Path) -> None:
     with pytest.raises(ConnectionResetError):
         await blobs.put("files/other", failing_stream([b"partial"]))
     assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["k"]
+
+
+async def test_local_discards_the_temp_files_a_crash_left(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    await blobs.put("files/k", stream([b"kept"]))
+    (tmp_path / "files" / f"{TEMP_PREFIX}crashed").write_bytes(b"half a file")
+    (tmp_path / f"{TEMP_PREFIX}other").write_bytes(b"")
+    assert await blobs.discard_unfinished() == 2
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["k"]
+    assert await content(blobs, "files/k") == b"kept"
 
 
 async def test_local_large_blob_in_small_chunks(tmp_path: Path) -> None:

@@ -28,6 +28,11 @@ class BlobStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def discard_unfinished(self) -> int:
+        """Remove what puts interrupted by a crash left behind; the number of pieces removed. Only for a
+        process that knows no put of its own or of another process is running."""
+        ...
+
 
 async def split_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, bytes]]:
     """(1-based line number, line without its newline) for every line of a byte stream."""

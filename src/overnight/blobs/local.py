@@ -57,6 +57,9 @@ class LocalBlobStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
 
+    async def discard_unfinished(self) -> int:
+        return await asyncio.to_thread(_discard_temps, self._root)
+
 
 async def _copy(chunks: AsyncIterable[bytes], target: BinaryIO, max_bytes: int | None) -> int:
     """Write every chunk, failing as soon as more than `max_bytes` have arrived; the total size."""
@@ -94,6 +97,13 @@ def _replace(temp_name: str, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _discard_temps(root: Path) -> int:
+    temps = list(root.rglob(f"{TEMP_PREFIX}*")) if root.is_dir() else []
+    for temp in temps:
+        _discard(str(temp))
+    return len(temps)
 
 
 def _discard(temp_name: str) -> None:

@@ -1,8 +1,9 @@
-"""Assembling a batch's output and error files from its recorded results, streamed."""
+"""A batch's output and error files: their ids, assembling them from the recorded results (streamed),
+and registering them as File objects."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 
 from overnight.blobs.base import BlobStore
 from overnight.domain import limits
@@ -11,6 +12,7 @@ from overnight.domain.models import Batch, FileObject, ResultKind
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
+OUTPUT_KINDS = (ResultKind.SUCCEEDED,)
 ERROR_KINDS = (ResultKind.FAILED, ResultKind.NOT_RUN)
 
 
@@ -23,49 +25,45 @@ def error_file_id(batch_id: str) -> str:
     return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}e"
 
 
-async def _publish(
-    store: MetadataStore,
-    blobs: BlobStore,
-    batch: Batch,
-    now: int,
-    file_id: str,
-    kinds: Collection[ResultKind],
-    filename: str,
-) -> str | None:
-    key = blob_key(file_id)
-    size = await blobs.put(key, store.result_lines(batch.id, kinds))
-    if size == 0:
-        await blobs.delete(key)
-        return None
+def _filename(file_id: str, batch: Batch) -> str:
+    return f"{batch.id}_output.jsonl" if file_id == output_file_id(batch.id) else f"{batch.id}_error.jsonl"
+
+
+async def register_result_files(
+    store: MetadataStore, batch: Batch, now: int, sizes: Mapping[str, int]
+) -> tuple[str | None, str | None]:
+    """Add the File objects of a batch's written result files ({file id: size}); returns the ids of
+    the output and error files, None for a file that was not written or is empty."""
     ttl = batch.output_expires_after or limits.OUTPUT_FILE_DEFAULT_TTL_SECONDS
-    await store.add_file(
-        FileObject(
-            id=file_id,
-            project=batch.project,
-            bytes=size,
-            created_at=now,
-            filename=filename,
-            purpose="batch_output",
-            expires_at=now + ttl,
-        )
+    for file_id, size in sizes.items():
+        if size:
+            await store.add_file(
+                FileObject(
+                    id=file_id,
+                    project=batch.project,
+                    bytes=size,
+                    created_at=now,
+                    filename=_filename(file_id, batch),
+                    purpose="batch_output",
+                    expires_at=now + ttl,
+                )
+            )
+    output_id, error_id = output_file_id(batch.id), error_file_id(batch.id)
+    return (
+        output_id if sizes.get(output_id) else None,
+        error_id if sizes.get(error_id) else None,
     )
-    return file_id
 
 
 async def publish_result_files(
     store: MetadataStore, blobs: BlobStore, batch: Batch, now: int
 ) -> tuple[str | None, str | None]:
-    """Write the output and error files; returns their ids (None for a file that would be empty)."""
-    output = await _publish(
-        store,
-        blobs,
-        batch,
-        now,
-        output_file_id(batch.id),
-        (ResultKind.SUCCEEDED,),
-        f"{batch.id}_output.jsonl",
-    )
-    errors = await _publish(
-        store, blobs, batch, now, error_file_id(batch.id), ERROR_KINDS, f"{batch.id}_error.jsonl"
-    )
-    return output, errors
+    """Assemble the output and error files from the recorded results, in line order, and register
+    them; returns their ids (None for a file that would be empty)."""
+    sizes: dict[str, int] = {}
+    for file_id, kinds in ((output_file_id(batch.id), OUTPUT_KINDS), (error_file_id(batch.id), ERROR_KINDS)):
+        key = blob_key(file_id)
+        sizes[file_id] = await blobs.put(key, store.result_lines(batch.id, kinds))
+        if sizes[file_id] == 0:
+            await blobs.delete(key)
+    return await register_result_files(store, batch, now, sizes)

@@ -8,13 +8,15 @@ from collections.abc import Callable
 from types import TracebackType
 
 from overnight.domain.models import ResultRow
+from overnight.engine.spool import ResultSpool
 from overnight.store.base import MetadataStore
 
 
 class ResultRecorder:
     """Collects result rows of one batch and records them in groups.
 
-    A crash loses at most the rows of one flush interval; those lines simply run again.
+    A crash loses at most the rows of one flush interval; those lines simply run again. With a spool,
+    each group is also copied into the batch's result files once recorded.
     """
 
     def __init__(
@@ -24,8 +26,10 @@ class ResultRecorder:
         interval_s: float,
         max_pending: int = 2000,
         on_flush: Callable[[], None] = lambda: None,
+        spool: ResultSpool | None = None,
     ) -> None:
         self._on_flush = on_flush
+        self._spool = spool
         self._store = store
         self._batch_id = batch_id
         self._interval = interval_s
@@ -45,7 +49,15 @@ class ResultRecorder:
             rows, self._pending = self._pending, []
             self._wanted.clear()
             if rows:
-                await self._store.record_results(self._batch_id, rows)
+                try:
+                    recorded = await self._store.record_results(self._batch_id, rows)
+                    if self._spool is not None:
+                        await self._spool.add(rows, recorded)
+                except BaseException:
+                    # the rows may be recorded (the store finishes a write it started) but not copied
+                    if self._spool is not None:
+                        self._spool.give_up("recording results was interrupted")
+                    raise
                 self._on_flush()
 
     async def _flush_periodically(self) -> None:
@@ -62,7 +74,8 @@ class ResultRecorder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
+            async with self._lock:  # never interrupt a flush under way
+                self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush()

@@ -20,9 +20,10 @@ from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
-from overnight.engine.outputs import publish_result_files
+from overnight.engine.outputs import publish_result_files, register_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
+from overnight.engine.spool import ResultSpool
 from overnight.probes import NO_PROBE, Probe
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
@@ -64,6 +65,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
+        self._spools: dict[str, ResultSpool] = {}
         self._retry = retry or RetryPolicy()
         self._rates = dict(rates or {})
         self.metrics = metrics or EngineMetrics()
@@ -164,6 +166,9 @@ class Engine:
         try:
             await self._drive_until_done(batch_id)
         finally:
+            spool = self._spools.pop(batch_id, None)
+            if spool is not None:  # the batch did not end here: what it wrote is not wanted
+                await spool.discard()
             await self._store.release_batch(batch_id, self.worker_id)
 
     async def _drive_until_done(self, batch_id: str) -> None:
@@ -220,12 +225,16 @@ class Engine:
             await stop.wait()
             return
         done = await self._store.finished_lines(batch.id)
+        spool = self._spools.get(batch.id)
+        if spool is None and not done:
+            spool = self._spools[batch.id] = ResultSpool(self._blobs, batch.id)
         scheduler = self.scheduler(backend)
         async with ResultRecorder(
             self._store,
             batch.id,
             self._flush_interval,
             on_flush=lambda: self._probe.reached("execution.flushed"),
+            spool=spool,
         ) as recorder:
             feed = Feed(
                 batch_id=batch.id,
@@ -258,7 +267,14 @@ class Engine:
         await self._publish_and_move(batch, target)
 
     async def _publish_and_move(self, batch: Batch, target: BatchStatus) -> None:
-        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        """Finish the files written while the batch ran, or else assemble them from the store; register
+        them and end the batch."""
+        spool = self._spools.pop(batch.id, None)
+        sizes = await spool.finish() if spool is not None else None
+        if sizes is not None:
+            output_id, error_id = await register_result_files(self._store, batch, self._now(), sizes)
+        else:
+            output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
         self._probe.reached("finalization.written")
         if await self._move(batch, target, output_file_id=output_id, error_file_id=error_id):
             self._probe.reached("finalization.moved")
@@ -273,10 +289,16 @@ class Engine:
             custom_id = parse_request(raw).custom_id
             rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code))
             if len(rows) >= _YIELD_EVERY:
-                await self._store.record_results(batch.id, rows)
+                await self._record(batch.id, rows)
                 rows = []
         if rows:
-            await self._store.record_results(batch.id, rows)
+            await self._record(batch.id, rows)
+
+    async def _record(self, batch_id: str, rows: list[ResultRow]) -> None:
+        recorded = await self._store.record_results(batch_id, rows)
+        spool = self._spools.get(batch_id)
+        if spool is not None:
+            await spool.add(rows, recorded)
 
     async def _cleanup(self, batch: Batch) -> None:
         await self._store.delete_results(batch.id)
