@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -146,6 +146,19 @@ _ENDPOINT_RULES: Final = {
 }
 
 
+def _fast_line_type(rules: _EndpointRules) -> type[msgspec.Struct] | None:
+    """The strict shape of a well-formed line of this endpoint, or None where it has none (embeddings
+    count their inputs; endpoints without a required field). See `BatchValidator._passes_fast`."""
+    if rules.required is None or rules.body_type is _EmbeddingsBody:
+        return None
+    body = msgspec.defstruct(
+        "_FastBody",
+        [("model", str), ("stream", bool | None, None), ("required", msgspec.Raw, _ABSENT)],
+        rename={"required": rules.required},
+    )
+    return msgspec.defstruct("_FastLine", [("custom_id", str), ("method", str), ("url", str), ("body", body)])
+
+
 def _echo(text: str) -> str:
     return text if len(text) <= _ECHO_MAX_CHARS else text[:_ECHO_MAX_CHARS] + "..."
 
@@ -183,6 +196,7 @@ class BatchValidator:
         max_requests: int = limits.MAX_REQUESTS_PER_BATCH,
         max_embedding_inputs: int = limits.MAX_EMBEDDING_INPUTS_PER_BATCH,
         max_errors: int = limits.MAX_VALIDATION_ERRORS,
+        fast_path: bool = True,
     ) -> None:
         if max_errors < 1:
             raise ValueError("max_errors must be at least 1")
@@ -194,6 +208,8 @@ class BatchValidator:
         self._max_errors = max_errors
         self._line_decoder = msgspec.json.Decoder(_LooseLine)
         self._body_decoder = msgspec.json.Decoder(self._rules.body_type)
+        fast_type = _fast_line_type(self._rules) if fast_path else None
+        self._fast_decoder = msgspec.json.Decoder(fast_type) if fast_type is not None else None
         self._total = 0
         self._custom_ids: set[str] = set()
         self._model: str | None = None
@@ -203,6 +219,8 @@ class BatchValidator:
 
     def check_line(self, line_no: int, raw: bytes) -> None:
         """Check one physical line (1-based `line_no`, no trailing newline). Blank lines are skipped."""
+        if self._passes_fast(raw):
+            return
         if is_blank(raw):
             return
         self._total += 1
@@ -217,6 +235,32 @@ class BatchValidator:
         self._check_method(line_no, line.method)
         self._check_url(line_no, line.url)
         self._check_body(line_no, line.body)
+
+    def _passes_fast(self, raw: bytes) -> bool:
+        """Count a line that breaks no rule, decoding it once into its strict shape; False (nothing
+        counted) for any line it is not sure of, which then takes the rule-by-rule path. Most lines of
+        most files take only this path, at about half the cost."""
+        decoder = self._fast_decoder
+        if decoder is None or self._total >= self._max_requests or not self._model_served:
+            return False
+        try:
+            line: Any = decoder.decode(raw if raw.isascii() else _utf8_checked(raw))
+        except ValueError:
+            return False
+        custom_id, body = line.custom_id, line.body
+        if (
+            line.method != "POST"
+            or line.url != self._endpoint
+            or body.model != self._model
+            or body.stream is True
+            or _is_absent(body.required)
+            or not 0 < len(custom_id) <= MAX_CUSTOM_ID_CHARS
+            or custom_id in self._custom_ids
+        ):
+            return False
+        self._custom_ids.add(custom_id)
+        self._total += 1
+        return True
 
     def finish(self) -> ValidationResult:
         file_errors: list[BatchError] = []
