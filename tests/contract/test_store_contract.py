@@ -268,6 +268,26 @@ async def test_results_stream_in_line_order_and_filter_by_kind(store: MetadataSt
     assert await line_numbers(store, "batch_none", list(K)) == []
 
 
+async def test_ended_batches_with_results(store: MetadataStore) -> None:
+    ended = (S.COMPLETED, S.CANCELLED, S.EXPIRED, S.FAILED)
+    for batch_id, status in [
+        ("batch_a", S.COMPLETED),
+        ("batch_b", S.CANCELLED),
+        ("batch_c", S.IN_PROGRESS),
+        ("batch_d", S.COMPLETED),
+        ("batch_e", S.EXPIRED),
+    ]:
+        await store.add_batch(a_batch(batch_id, status=status))
+    for batch_id in ("batch_a", "batch_b", "batch_c", "batch_e"):
+        await store.record_results(batch_id, [a_row(1), a_row(2)])
+    assert await store.ended_batches_with_results(ended, limit=10) == ["batch_a", "batch_b", "batch_e"]
+    assert await store.ended_batches_with_results(ended, limit=2) == ["batch_a", "batch_b"]
+    assert await store.ended_batches_with_results([S.CANCELLED], limit=10) == ["batch_b"]
+    assert await store.ended_batches_with_results([], limit=10) == []
+    await store.delete_results("batch_a")
+    assert await store.ended_batches_with_results(ended, limit=10) == ["batch_b", "batch_e"]
+
+
 async def test_delete_results(store: MetadataStore) -> None:
     await store.add_batch(a_batch("batch_1", status=S.IN_PROGRESS))
     await store.add_batch(a_batch("batch_2", status=S.IN_PROGRESS))

@@ -20,7 +20,7 @@ from overnight.backends.router import Router
 from overnight.blobs.local import LocalBlobStore
 from overnight.domain.clock import ManualClock
 from overnight.domain.ids import IdGenerator
-from overnight.domain.models import Batch, BatchStatus, ResultRow
+from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
 from overnight.engine.scheduler import RetryPolicy
 from overnight.engine.worker import Engine
 from overnight.services.batches import BatchesService
@@ -144,6 +144,7 @@ class World:
             # Retry timers run on the event loop's clock: keep them short. (The circuit breaker reads
             # the manual clock, so no test fails 5 requests in a row: an open breaker would never close.)
             retry=RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001),
+            cleanup_delay_s=0,
         )
         self.engines.append(engine)
         return engine
@@ -434,3 +435,36 @@ async def test_batches_sharing_a_backend_run_earliest_deadline_first(world: Worl
     after_first = [custom_id[0] for custom_id in backend.order[1:]]
     assert len(after_first) == 23
     assert after_first == sorted(after_first, key="hdw".index)
+
+
+async def test_an_ended_batchs_results_and_deleted_input_are_cleaned_up(world: World) -> None:
+    backend = GatedBackend(held={"held"})
+    engine = world.engine(backend)
+    created = await world.submit(["held", "other"])
+    await engine.tick()
+    await backend.wait_for_calls(lambda calls: calls["held"] == 1)
+    await world.files.delete(PROJECT, created.input_file_id)  # the running batch still reads it
+    assert await world.blobs.exists(f"files/{created.input_file_id}")
+    backend.release()
+    await settle(engine)
+    await engine.janitor.settle()
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert ids_of(await world.lines(batch.output_file_id)) == ["held", "other"]
+    assert await world.store.finished_lines(created.id) == set()
+    assert not await world.blobs.exists(f"files/{created.input_file_id}")
+
+
+async def test_the_sweep_cleans_up_what_an_earlier_run_left(world: World) -> None:
+    backend = GatedBackend()
+    engine = world.engine(backend)
+    created = await world.submit(["a", "b"])
+    await settle(engine, engine.tick)
+    await engine.janitor.settle()
+    leftover = ResultRow(1, ResultKind.SUCCEEDED, b"{}")  # as if the server had stopped before cleaning
+    await world.store.record_results(created.id, [leftover])
+    assert await world.store.finished_lines(created.id) == {1}
+
+    await world.engine(backend).janitor.sweep()
+    assert await world.store.finished_lines(created.id) == set()

@@ -18,6 +18,7 @@ from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
+from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import publish_result_files, register_result_files
@@ -32,6 +33,7 @@ log = logging.getLogger("overnight.engine")
 S = BatchStatus
 ACTIVE = tuple(status for status in S if status not in TERMINAL)
 _YIELD_EVERY = 2000
+CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
 
 
 class Engine:
@@ -51,6 +53,7 @@ class Engine:
         shutdown_grace_s: float = 0.0,
         worker_id: str | None = None,
         lease_s: int = 30,
+        cleanup_delay_s: float = CLEANUP_DELAY_S,
     ) -> None:
         self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
         self._lease_s = lease_s
@@ -66,6 +69,7 @@ class Engine:
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._spools: dict[str, ResultSpool] = {}
+        self.janitor = Janitor(store, blobs, delay_s=cleanup_delay_s)
         self._retry = retry or RetryPolicy()
         self._rates = dict(rates or {})
         self.metrics = metrics or EngineMetrics()
@@ -102,6 +106,7 @@ class Engine:
 
     async def run(self) -> None:
         """Drive batches until cancelled; on cancellation, stop every batch's work cleanly."""
+        self.janitor.start_sweep()
         try:
             while True:
                 self._wake.clear()
@@ -122,6 +127,7 @@ class Engine:
         await asyncio.gather(*drivers, return_exceptions=True)
         for scheduler in self._schedulers.values():
             await scheduler.close()
+        await self.janitor.close()
 
     async def tick(self) -> None:
         """Drive each active batch this worker can lease; renew the leases of those it drives;
@@ -278,7 +284,7 @@ class Engine:
         self._probe.reached("finalization.written")
         if await self._move(batch, target, output_file_id=output_id, error_file_id=error_id):
             self._probe.reached("finalization.moved")
-            await self._cleanup(batch)
+            self.janitor.batch_ended(batch)
 
     async def _mark_not_run(self, batch: Batch, code: str) -> None:
         done = await self._store.finished_lines(batch.id)
@@ -299,13 +305,6 @@ class Engine:
         spool = self._spools.get(batch_id)
         if spool is not None:
             await spool.add(rows, recorded)
-
-    async def _cleanup(self, batch: Batch) -> None:
-        await self._store.delete_results(batch.id)
-        input_id = batch.input_file_id
-        deleted = await self._store.get_file(batch.project, input_id) is None
-        if deleted and not await self._store.file_in_use(input_id):
-            await self._blobs.delete(blob_key(input_id))
 
 
 async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:

@@ -245,6 +245,14 @@ def _batches_in(conn: sqlite3.Connection, statuses: list[str]) -> list[Batch]:
     return [_batch_from_row(row) for row in conn.execute(sql, statuses)]
 
 
+def _ended_batches_with_results(conn: sqlite3.Connection, statuses: list[str], limit: int) -> list[str]:
+    sql = (
+        f"SELECT id FROM batches WHERE status IN ({_placeholders(len(statuses))})"
+        " AND EXISTS (SELECT 1 FROM results WHERE results.batch_id = batches.id) ORDER BY id LIMIT ?"
+    )
+    return [batch_id for (batch_id,) in conn.execute(sql, (*statuses, limit))]
+
+
 def _count_batches(conn: sqlite3.Connection) -> dict[BatchStatus, int]:
     rows = conn.execute("SELECT status, count(*) FROM batches GROUP BY status")
     return {BatchStatus(status): count for status, count in rows}
@@ -458,3 +466,9 @@ class SqliteStore:
     async def delete_results(self, batch_id: str) -> None:
         while await self._call(_delete_some_results, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
             pass
+
+    async def ended_batches_with_results(self, statuses: Collection[BatchStatus], limit: int) -> list[str]:
+        wanted = sorted({BatchStatus(status).value for status in statuses})
+        if not wanted:
+            return []
+        return await self._call(_ended_batches_with_results, wanted, limit)

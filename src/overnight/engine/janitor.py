@@ -1,0 +1,100 @@
+"""Removing what an ended batch no longer needs, shortly after it ended.
+
+Once a batch's files are written, its recorded results are dead weight, and so is the content of an input
+file the user deleted while the batch ran. Deleting 20,000 results keeps the store busy for about 0.1 s:
+done the moment the batch ends, that competes with the client that has just seen `completed` and is
+downloading the output. So the janitor waits `delay_s` first. A server that stops before it got to a batch
+leaves the results behind; `sweep()` finds those batches when the engine starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from overnight.blobs.base import BlobStore
+from overnight.domain.lifecycle import TERMINAL
+from overnight.domain.models import Batch
+from overnight.services.files import blob_key
+from overnight.store.base import MetadataStore
+
+log = logging.getLogger("overnight.engine")
+
+SWEEP_PAGE = 100
+
+
+class Janitor:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, *, delay_s: float) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._delay_s = delay_s
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def batch_ended(self, batch: Batch) -> None:
+        """Clean up after `batch` in `delay_s` (at once when it is 0)."""
+        if self._delay_s <= 0:
+            self._start(batch)
+            return
+        timer: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            if timer is not None:
+                self._timers.discard(timer)
+            self._start(batch)
+
+        timer = asyncio.get_running_loop().call_later(self._delay_s, due)
+        self._timers.add(timer)
+
+    def start_sweep(self) -> None:
+        """`sweep()` in the background."""
+        self._track(asyncio.create_task(self.sweep(), name="clean up after earlier runs"))
+
+    def _start(self, batch: Batch) -> None:
+        self._track(asyncio.create_task(self.clean(batch), name=f"clean up {batch.id}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def clean(self, batch: Batch) -> None:
+        """Forget the batch's results; remove its input's content if the file was deleted meanwhile and
+        no other live batch reads it."""
+        await self._store.delete_results(batch.id)
+        input_id = batch.input_file_id
+        deleted = await self._store.get_file(batch.project, input_id) is None
+        if deleted and not await self._store.file_in_use(input_id):
+            await self._blobs.delete(blob_key(input_id))
+
+    async def sweep(self) -> None:
+        """Clean up after every ended batch an earlier run left results of."""
+        cleaned = 0
+        while ids := await self._store.ended_batches_with_results(TERMINAL, SWEEP_PAGE):
+            for batch_id in ids:
+                batch = await self._store.get_batch(batch_id)
+                if batch is None:
+                    await self._store.delete_results(batch_id)
+                else:
+                    await self.clean(batch)
+                cleaned += 1
+        if cleaned:
+            log.info("cleaned up after %d ended batch(es) an earlier run left results of", cleaned)
+
+    async def settle(self) -> None:
+        """Wait for the clean-ups under way (not for those still waiting out their delay)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drop the clean-ups still waiting and stop those under way; `sweep()` finishes them next time."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
