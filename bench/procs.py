@@ -282,7 +282,7 @@ class Overnight:
         self.log_path = work / f"{name}.log"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.settings: dict[str, float | str] = {"worker_poll_interval_s": 0.05, **settings}
+        self.settings: dict[str, float | str] = dict(settings)
         lines = [f"{key} = {json.dumps(value)}" for key, value in self.settings.items()]
         if upstream is not None:
             lines += [

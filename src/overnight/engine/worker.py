@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from overnight.backends.base import Backend
 from overnight.backends.router import Router
-from overnight.blobs.base import BlobStore, read_lines
+from overnight.blobs.base import BlobStore, read_line_groups, read_lines
 from overnight.domain.clock import Clock
 from overnight.domain.ids import request_line_id
 from overnight.domain.lifecycle import TERMINAL, transition
@@ -204,10 +204,10 @@ class Engine:
     async def _validate(self, batch: Batch) -> None:
         validator = BatchValidator(batch.endpoint, self._router.serves)
         try:
-            async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
-                validator.check_line(line_no, raw)
-                if line_no % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+            async for group in read_line_groups(self._blobs, blob_key(batch.input_file_id)):
+                for line_no, raw in group:
+                    validator.check_line(line_no, raw)
+                await asyncio.sleep(0)  # a chunk's worth of lines at a time, then let others run
         except FileNotFoundError:
             message = f"Cannot find file {batch.input_file_id}, or it is no longer available."
             await self._move(
