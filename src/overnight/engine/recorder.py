@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from types import TracebackType
 
 from overnight.domain.models import ResultRow
 from overnight.engine.spool import ResultSpool
+from overnight.engine.waiting import wait_event
 from overnight.store.base import MetadataStore
 
 
@@ -38,6 +38,7 @@ class ResultRecorder:
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     def add(self, row: ResultRow) -> None:
         self._pending.append(row)
@@ -61,9 +62,8 @@ class ResultRecorder:
                 self._on_flush()
 
     async def _flush_periodically(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), self._interval)
+        while not self._closing:
+            await wait_event(self._wanted, self._interval)
             await self.flush()
 
     async def __aenter__(self) -> ResultRecorder:
@@ -73,9 +73,15 @@ class ResultRecorder:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._flusher is not None:
-            async with self._lock:  # never interrupt a flush under way
-                self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        """Flush what is left. The flusher is told to end rather than cancelled, so a flush under way
+        is never interrupted (its rows could be recorded but not copied to the spool)."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            self._closing = True
+            self._wanted.set()
+            try:
+                await flusher  # it finishes the flush under way, flushes once more, and ends
+            except BaseException:
+                flusher.cancel()  # this task is being cancelled, or the flusher failed
+                raise
         await self.flush()

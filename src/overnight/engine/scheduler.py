@@ -26,6 +26,7 @@ from overnight.domain.results import response_row, usage_of
 from overnight.domain.validation import is_blank, parse_request
 from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket, outcome_of
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.waiting import wait_event
 
 log = logging.getLogger("overnight.engine")
 
@@ -184,8 +185,7 @@ class BackendScheduler:
         if self._in_flight == 0:
             return True
         self._idle.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        await wait_event(self._idle, timeout_s)
         return self._in_flight == 0
 
     async def close(self) -> None:
@@ -241,8 +241,7 @@ class BackendScheduler:
             if wait is None:
                 await self._wake.wait()
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.001))
+                await wait_event(self._wake, max(wait, 0.001))
 
     def _pick(self) -> Feed | None:
         best: Feed | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -25,6 +24,7 @@ from overnight.engine.outputs import publish_result_files, register_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
 from overnight.engine.spool import ResultSpool
+from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
 from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
@@ -111,8 +111,7 @@ class Engine:
             while True:
                 self._wake.clear()
                 await self.tick()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await wait_event(self._wake, self._poll_interval)
         finally:
             await self.shutdown(self._shutdown_grace)
 
