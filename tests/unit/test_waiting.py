@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
 from overnight.engine.waiting import wait_event
 
-Waiter = Callable[[asyncio.Event, float], Awaitable[bool]]
+Waiter = Callable[[asyncio.Event, float], Coroutine[Any, Any, bool]]
 
 
 async def cancelled_while_ending(waiter: Waiter, steps: int) -> str:
