@@ -244,7 +244,7 @@ class BatchValidator:
         if decoder is None or self._total >= self._max_requests or not self._model_served:
             return False
         try:
-            line: Any = decoder.decode(raw if raw.isascii() else _utf8_checked(raw))
+            line: Any = decoder.decode(_utf8_checked(raw))
         except ValueError:
             return False
         custom_id, body = line.custom_id, line.body

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from overnight.domain.models import ResultRow
-from overnight.engine.spool import ResultSpool
+from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.store.base import MetadataStore
 
@@ -50,15 +50,7 @@ class ResultRecorder:
             rows, self._pending = self._pending, []
             self._wanted.clear()
             if rows:
-                try:
-                    recorded = await self._store.record_results(self._batch_id, rows)
-                    if self._spool is not None:
-                        await self._spool.add(rows, recorded)
-                except BaseException:
-                    # the rows may be recorded (the store finishes a write it started) but not copied
-                    if self._spool is not None:
-                        self._spool.give_up("recording results was interrupted")
-                    raise
+                await record_results(self._store, self._batch_id, rows, self._spool)
                 self._on_flush()
 
     async def _flush_periodically(self) -> None:

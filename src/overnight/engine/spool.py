@@ -15,9 +15,10 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from overnight.blobs.base import BlobStore
-from overnight.domain.models import ResultKind, ResultRow
-from overnight.engine.outputs import ERROR_KINDS, error_file_id, output_file_id
+from overnight.domain.models import ResultRow
+from overnight.engine.outputs import ERROR_KINDS, OUTPUT_KINDS, error_file_id, output_file_id
 from overnight.services.files import blob_key
+from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.engine")
 
@@ -90,7 +91,7 @@ class ResultSpool:
         if recorded != len(rows):
             self.give_up("the store already had some of these results")
             return
-        output = b"".join([row.line + b"\n" for row in rows if row.kind is ResultKind.SUCCEEDED])
+        output = b"".join([row.line + b"\n" for row in rows if row.kind in OUTPUT_KINDS])
         errors = b"".join([row.line + b"\n" for row in rows if row.kind in ERROR_KINDS])
         try:
             if output:
@@ -106,31 +107,42 @@ class ResultSpool:
     async def finish(self) -> dict[str, int] | None:
         """Complete the files: {file id: size} for each file that has rows. None if the spool gave up,
         once what it wrote is gone."""
-        sizes: dict[str, int] = {}
-        try:
-            for file_id, live in self._files.items():
-                if not self.usable:
-                    break
-                sizes[file_id] = await live.close()
-        except Exception as exc:
-            self.give_up(f"finishing a result file failed: {exc!r}")
-        if not self.usable:
-            await self.discard()
-            return None
-        return sizes
+        if self.usable:
+            try:
+                return {file_id: await live.close() for file_id, live in self._files.items()}
+            except Exception as exc:
+                self.give_up(f"finishing a result file failed: {exc!r}")
+        await self.discard()
+        return None
 
     def give_up(self, why: str) -> None:
         if self.usable:
             log.info(
                 "spool given up id=%s: %s; the files will be assembled from the store", self._batch_id, why
             )
+        self._stop()
+
+    async def discard(self) -> None:
+        """Stop, and wait until what was written is gone."""
+        self._stop()
+        await asyncio.gather(*(live.aborted() for live in self._files.values()))
+
+    def _stop(self) -> None:
         self.usable = False
         for live in self._files.values():
             live.abort()
 
-    async def discard(self) -> None:
-        """Give up, and wait until what was written is gone."""
-        self.usable = False
-        for live in self._files.values():
-            live.abort()
-        await asyncio.gather(*(live.aborted() for live in self._files.values()))
+
+async def record_results(
+    store: MetadataStore, batch_id: str, rows: Sequence[ResultRow], spool: ResultSpool | None
+) -> None:
+    """Record `rows` in the store and, with a spool, copy those it recorded as new into the files. An
+    interruption between the two makes the spool give up (the store finishes a write it started)."""
+    try:
+        recorded = await store.record_results(batch_id, rows)
+        if spool is not None:
+            await spool.add(rows, recorded)
+    except BaseException:
+        if spool is not None:
+            spool.give_up("recording results was interrupted")
+        raise

@@ -23,7 +23,7 @@ from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import publish_result_files, register_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
-from overnight.engine.spool import ResultSpool
+from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
 from overnight.services.files import blob_key
@@ -294,16 +294,10 @@ class Engine:
             custom_id = parse_request(raw).custom_id
             rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code))
             if len(rows) >= _YIELD_EVERY:
-                await self._record(batch.id, rows)
+                await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
                 rows = []
         if rows:
-            await self._record(batch.id, rows)
-
-    async def _record(self, batch_id: str, rows: list[ResultRow]) -> None:
-        recorded = await self._store.record_results(batch_id, rows)
-        spool = self._spools.get(batch_id)
-        if spool is not None:
-            await spool.add(rows, recorded)
+            await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
 
 
 async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:
