@@ -28,30 +28,20 @@ class Janitor:
         self._store = store
         self._blobs = blobs
         self._delay_s = delay_s
-        self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def batch_ended(self, batch: Batch) -> None:
-        """Clean up after `batch` in `delay_s` (at once when it is 0)."""
-        if self._delay_s <= 0:
-            self._start(batch)
-            return
-        timer: asyncio.TimerHandle | None = None
-
-        def due() -> None:
-            if timer is not None:
-                self._timers.discard(timer)
-            self._start(batch)
-
-        timer = asyncio.get_running_loop().call_later(self._delay_s, due)
-        self._timers.add(timer)
+        """Clean up after `batch` in `delay_s`, in the background."""
+        self._track(asyncio.create_task(self._clean_later(batch), name=f"clean up {batch.id}"))
 
     def start_sweep(self) -> None:
         """`sweep()` in the background."""
         self._track(asyncio.create_task(self.sweep(), name="clean up after earlier runs"))
 
-    def _start(self, batch: Batch) -> None:
-        self._track(asyncio.create_task(self.clean(batch), name=f"clean up {batch.id}"))
+    async def _clean_later(self, batch: Batch) -> None:
+        if self._delay_s > 0:
+            await asyncio.sleep(self._delay_s)
+        await self.clean(batch)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -86,15 +76,12 @@ class Janitor:
             log.info("cleaned up after %d ended batch(es) an earlier run left results of", cleaned)
 
     async def settle(self) -> None:
-        """Wait for the clean-ups under way (not for those still waiting out their delay)."""
+        """Wait until every clean-up is done, delays included."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Drop the clean-ups still waiting and stop those under way; `sweep()` finishes them next time."""
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        """Stop the clean-ups, waiting or under way; `sweep()` finishes them next time."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
