@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.server import free_port
+
 from .client import Api, log_events, session
-from .procs import Overnight, free_port
+from .procs import Overnight
 from .report import Section, ms
 from .workload import write_sized_file
 

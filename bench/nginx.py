@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .procs import children, free_port
+from support.server import free_port
+
+from .procs import children
 
 CHAT_COMPLETION = {
     "id": "chatcmpl-bench0000000000000000000000",

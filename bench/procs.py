@@ -8,27 +8,17 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.server import FAKE_UPSTREAM, free_port, http_json, wait_until_healthy
+
 REPO = Path(__file__).resolve().parent.parent
-FAKE_UPSTREAM = REPO / "tests" / "support" / "fake_upstream.py"
-STARTUP_TIMEOUT_S = 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- /proc -------------------------------------------------------------------------------------------
@@ -160,35 +150,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-# -- HTTP helpers (blocking; used outside measured intervals) ----------------------------------------
-
-
-def http_json(method: str, url: str, payload: Any = None, timeout: float = 30.0) -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def wait_until_healthy(
-    url: str, process: subprocess.Popen[bytes], timeout: float = STARTUP_TIMEOUT_S
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(url, timeout=2) as answer,
-        ):
-            if answer.status == 200:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 def _terminate(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     if process.poll() is not None:
         return
@@ -223,7 +184,7 @@ class FakeUpstream:
         return [self.process.pid]
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = http_json("GET", f"{self.root}/_stats")
+        result: dict[str, Any] = http_json("GET", f"{self.root}/_stats", timeout=30.0)
         return result
 
     def stop(self) -> None:
