@@ -16,7 +16,8 @@ from overnight.domain.clock import SystemClock
 from overnight.domain.ids import request_line_id
 from overnight.domain.models import ResultRow
 from overnight.domain.validation import BatchValidator, ValidationResult, is_blank
-from overnight.engine.scheduler import BackendScheduler, Feed, RetryPolicy
+from overnight.engine.retry import RetryPolicy
+from overnight.engine.scheduler import BackendScheduler, Feed
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 1

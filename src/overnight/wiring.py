@@ -18,7 +18,8 @@ from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Settings
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
-from overnight.engine.scheduler import RateLimits, RetryPolicy
+from overnight.engine.retry import RetryPolicy
+from overnight.engine.scheduler import RateLimits
 from overnight.engine.worker import Engine
 from overnight.http.auth import Authenticator
 from overnight.probes import probe_for
@@ -115,9 +116,6 @@ def _http_backends(settings: Settings, environ: Mapping[str, str] | None) -> lis
                 config,
                 api_key=api_key,
                 timeout_s=settings.request_timeout_s,
-                max_attempts=settings.max_attempts,
-                base_delay_s=settings.retry_base_delay_s,
-                max_delay_s=settings.retry_max_delay_s,
             )
         )
     return backends

@@ -49,6 +49,7 @@ class Directive(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     reset: bool | None = None
     retry_after: str | None = None
     retry_after_ms: str | None = None
+    should_retry: str | None = None  # sent as x-should-retry
     text_body: str | None = None
     key: str | None = None
 
@@ -281,6 +282,9 @@ class FakeUpstream:
     def _retry_headers(local: Directive | None, glob: Directive, headers: dict[str, str]) -> None:
         retry_after: str | None = _pick(local, glob, "retry_after")
         retry_after_ms: str | None = _pick(local, glob, "retry_after_ms")
+        should_retry: str | None = _pick(local, glob, "should_retry")
+        if should_retry is not None:
+            headers["x-should-retry"] = should_retry
         if retry_after is not None:
             headers["retry-after"] = retry_after
         if retry_after_ms is not None:

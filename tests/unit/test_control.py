@@ -5,45 +5,31 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overnight.engine.control import (
-    AimdWindow,
-    BreakerState,
-    CircuitBreaker,
-    Outcome,
-    TokenBucket,
-    outcome_of,
-)
+from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
 
 
 def state_of(breaker: CircuitBreaker) -> BreakerState:
     return breaker.state  # a call, so mypy does not keep a narrowed state across method calls
 
 
-def test_outcomes() -> None:
-    assert outcome_of(200) is Outcome.OK
-    assert outcome_of(400) is Outcome.OK
-    assert all(outcome_of(s) is Outcome.OVERLOADED for s in (408, 409, 429, 500, 503))
-    assert outcome_of(0, connected=False) is Outcome.UNREACHABLE
-
-
 def test_window_starts_open_halves_on_overload_and_recovers() -> None:
     window = AimdWindow(maximum=64)
     assert window.limit == 64
     burst = [window.sent() for _ in range(64)]
-    window.record(Outcome.OVERLOADED, burst[0])
+    window.record(True, burst[0])
     assert window.limit == 32
     for sequence in burst[1:]:  # sent before the decrease: the same signal again
-        window.record(Outcome.OVERLOADED, sequence)
+        window.record(True, sequence)
     assert window.limit == 32
-    window.record(Outcome.OVERLOADED, window.sent())
+    window.record(True, window.sent())
     assert window.limit == 16
     for _ in range(2000):
-        window.record(Outcome.OK, window.sent())
+        window.record(False, window.sent())
     assert window.limit == 64
 
 
-@given(st.integers(min_value=1, max_value=512), st.lists(st.sampled_from(list(Outcome)), max_size=300))
-def test_window_stays_within_bounds(maximum: int, outcomes: list[Outcome]) -> None:
+@given(st.integers(min_value=1, max_value=512), st.lists(st.booleans(), max_size=300))
+def test_window_stays_within_bounds(maximum: int, outcomes: list[bool]) -> None:
     window = AimdWindow(maximum=maximum)
     for outcome in outcomes:
         window.record(outcome, window.sent())
@@ -55,7 +41,7 @@ def test_one_overfull_window_halves_once(maximum: int, refused: int) -> None:
     window = AimdWindow(maximum=maximum)
     in_flight = [window.sent() for _ in range(maximum)]
     for sequence in in_flight[:refused]:
-        window.record(Outcome.OVERLOADED, sequence)
+        window.record(True, sequence)
     assert window.limit == max(1, maximum // 2)
 
 
@@ -95,21 +81,21 @@ def test_bucket_wait_time_and_debt() -> None:
 
 def test_breaker_opens_probes_and_closes() -> None:
     breaker = CircuitBreaker(threshold=3, open_s=1.0, max_open_s=4.0)
-    for _ in range(3):
+    for request in range(3):
         assert breaker.allows(0.0)
-        breaker.record(healthy=False, now=0.0)
+        breaker.record(down=True, now=0.0, request=request)
     assert state_of(breaker) is BreakerState.OPEN
     assert not breaker.allows(0.5)
     assert breaker.retry_in(0.5) == 0.5
     assert breaker.allows(1.0)  # half open: one probe
     breaker.sent()
     assert not breaker.allows(1.0)
-    breaker.record(healthy=False, now=1.1)  # the probe failed: open twice as long
+    breaker.record(down=True, now=1.1, request=0)  # the probe failed: open twice as long
     assert state_of(breaker) is BreakerState.OPEN
     assert not breaker.allows(2.5)
     assert breaker.allows(3.1)
     breaker.sent()
-    breaker.record(healthy=True, now=3.2)
+    breaker.record(down=False, now=3.2)
     assert state_of(breaker) is BreakerState.CLOSED
     assert breaker.allows(3.2)
 
@@ -117,10 +103,20 @@ def test_breaker_opens_probes_and_closes() -> None:
 def test_breaker_ignores_isolated_failures() -> None:
     breaker = CircuitBreaker(threshold=3)
     for _ in range(10):
-        breaker.record(healthy=False, now=0.0)
-        breaker.record(healthy=False, now=0.0)
-        breaker.record(healthy=True, now=0.0)
+        breaker.record(down=True, now=0.0)
+        breaker.record(down=True, now=0.0)
+        breaker.record(down=False, now=0.0)
     assert state_of(breaker) is BreakerState.CLOSED
+
+
+def test_one_request_failing_again_and_again_never_opens_the_breaker() -> None:
+    breaker = CircuitBreaker(threshold=3)
+    for _ in range(50):
+        breaker.record(down=True, now=0.0, request=("batch", 7))
+    assert state_of(breaker) is BreakerState.CLOSED
+    breaker.record(down=True, now=0.0, request=("batch", 8))
+    breaker.record(down=True, now=0.0, request=("other", 7))
+    assert state_of(breaker) is BreakerState.OPEN  # three different requests in a row
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(min_value=0, max_value=10)), max_size=200))
@@ -131,5 +127,5 @@ def test_breaker_open_time_is_bounded(events: list[tuple[bool, float]]) -> None:
         now += step
         if breaker.allows(now):
             breaker.sent()
-            breaker.record(healthy, now)
+            breaker.record(not healthy, now)
         assert breaker.retry_in(now) <= 8.0

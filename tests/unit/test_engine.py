@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from overnight.backends.base import Attempt, UpstreamResponse
+from overnight.backends.base import Attempt
 from overnight.backends.router import Router
 from overnight.blobs.local import LocalBlobStore
 from overnight.domain.clock import ManualClock
 from overnight.domain.ids import IdGenerator
 from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
-from overnight.engine.scheduler import RetryPolicy
+from overnight.engine.retry import RetryPolicy
 from overnight.engine.worker import Engine
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService, UploadForm
@@ -56,7 +56,6 @@ class GatedBackend:
         self.order: list[str] = []
         self.cancelled: Counter[str] = Counter()
         self._gate = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_concurrency)
         self._changed = asyncio.Condition()
 
     def serves(self, model: str) -> bool:
@@ -106,10 +105,6 @@ class GatedBackend:
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         return Attempt(*await self._answer(body))
 
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        async with self._slots:
-            return UpstreamResponse(*await self._answer(body))
-
 
 class NotifyingStore(SqliteStore):
     """The real SQLite store, plus an event set whenever results are recorded (for waiting on them)."""
@@ -141,9 +136,9 @@ class World:
             self.clock,
             flush_interval_s=0.005,
             poll_interval_s=3600.0,  # never used: the tests call tick() themselves
-            # Retry timers run on the event loop's clock: keep them short. (The circuit breaker reads
-            # the manual clock, so no test fails 5 requests in a row: an open breaker would never close.)
-            retry=RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001),
+            # Retries and the circuit breaker wait on the manual clock: retries are due at once, and
+            # no test fails 5 requests in a row (an open breaker would wait for the clock to move).
+            retry=RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0),
             cleanup_delay_s=0,
         )
         self.engines.append(engine)

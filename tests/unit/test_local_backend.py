@@ -69,8 +69,6 @@ async def test_local_errors_are_openai_shaped_and_final(
     error = json.loads(answer.body)["error"]
     assert error["code"] == code
     assert error["type"] == ("server_error" if status == 500 else "invalid_request_error")
-    sent = await local.send(endpoint, body)
-    assert (sent.status, sent.body) == (answer.status, answer.body)
 
 
 async def test_local_lists_its_models(local: LocalBackend) -> None:

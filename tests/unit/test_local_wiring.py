@@ -114,9 +114,6 @@ class Listing:
             BackendConfig(name=name, base_url="http://h:1/v1", models=patterns),
             api_key=None,
             timeout_s=1,
-            max_attempts=1,
-            base_delay_s=0.1,
-            max_delay_s=0.1,
         )
         self.ids = ids
         self.calls = 0

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overnight.backends.retry import JITTER, is_retryable_status, parse_retry_after, retry_delay
+from overnight.backends.http import parse_retry_after
+from overnight.engine.retry import JITTER, is_retryable_status, retry_delay
 
 NOW = 1_700_000_000.0
 

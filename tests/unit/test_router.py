@@ -6,7 +6,7 @@ import fnmatch
 
 import pytest
 
-from overnight.backends.base import Attempt, Backend, UpstreamResponse
+from overnight.backends.base import Attempt, Backend
 from overnight.backends.http import HttpBackend
 from overnight.backends.router import Router
 from overnight.config import BackendConfig
@@ -38,9 +38,6 @@ class StubBackend:
 
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         return Attempt(200, b"{}", "req_stub")
-
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        return UpstreamResponse(200, b"{}", "req_stub")
 
 
 def test_first_matching_backend_wins() -> None:
@@ -80,7 +77,7 @@ def test_cache_stays_bounded() -> None:
 
 def test_http_backend_patterns_are_case_sensitive_globs() -> None:
     config = BackendConfig(name="b", base_url="http://127.0.0.1:9/v1", models=("gpt-4o*", "llama-[23]-?b"))
-    backend = HttpBackend(config, api_key=None, timeout_s=1, max_attempts=1, base_delay_s=0.1, max_delay_s=1)
+    backend = HttpBackend(config, api_key=None, timeout_s=1)
     router = Router([backend])
     assert router.backend_for("gpt-4o-mini") is backend
     assert router.backend_for("llama-3-8b") is backend

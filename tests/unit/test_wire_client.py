@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from overnight.backends.wire import Http1Client
+from overnight.backends.wire import Http1Client, NotConnected
 from support.raw_http import (
     HEADERS,
     Peer,
@@ -279,8 +279,10 @@ def test_connection_refused(run: Run) -> None:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         client = Http1Client(f"http://127.0.0.1:{port}", limit=1, headers={})
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(NotConnected) as raised:
             await post(client)
+        assert isinstance(raised.value.__cause__, ConnectionRefusedError)
+        assert "ConnectionRefusedError" in str(raised.value)
         await client.close()
 
     run(scenario())
@@ -387,8 +389,9 @@ def test_tls(run: Run, certificate: tuple[Path, Path]) -> None:
             assert await post(client) == (200, b'{"n":2}')
             await client.close()
             untrusting = server.client()  # the system's CAs: the self-signed certificate fails
-            with pytest.raises(ssl.SSLCertVerificationError):
+            with pytest.raises(NotConnected) as raised:
                 await post(untrusting)
+            assert isinstance(raised.value.__cause__, ssl.SSLCertVerificationError)
             await untrusting.close()
         assert server.connections == 1  # the failed handshake never reached the handler
 

@@ -9,32 +9,23 @@ from overnight.domain.models import Usage
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    """The final answer for one request after the backend's retries.
-
-    `body` is always the bytes of a JSON object: the upstream's own body when it was JSON,
-    otherwise an OpenAI-shaped `{"error": {...}}` describing what went wrong.
-    `status` is the HTTP status; when no HTTP answer was had, 502 (connection error) or 504 (timeout).
-    """
-
-    status: int
-    body: bytes
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class Attempt:
-    """How one try went, for callers that run their own retries and flow control.
+    """How one try went. The engine's scheduler decides what follows (engine/retry.py).
 
+    `body` is always the bytes of a JSON object on one line: the upstream's own body when it was
+    one, otherwise an OpenAI-shaped `{"error": {...}}` describing what went wrong.
     `answered` is False when no HTTP answer came (connection refused or reset, timeout); `status`
-    and `body` then describe that as a 502/504 result. `retry_after` is the delay the upstream asked
-    for (seconds), `should_retry` its `x-should-retry` verdict when it gave one.
+    and `body` then describe that as a 502 (`upstream_unreachable`) or 504 (`upstream_timeout`)
+    result. `reached` is False when not even a connection could be made, so the request never left.
+    `retry_after` is the delay the upstream asked for (seconds), `should_retry` its `x-should-retry`
+    verdict when it gave one.
     """
 
     status: int
     body: bytes
     request_id: str
     answered: bool = True
+    reached: bool = True
     retry_after: float | None = None
     should_retry: bool | None = None
     usage: Usage | None = None  # what the body reports, when the backend already read it
@@ -53,10 +44,6 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
-        """POST once, with no retries and no concurrency bound of its own."""
-        ...
-
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        """POST `body` (raw JSON) to `endpoint` (e.g. `/v1/chat/completions`) under the backend's
-        concurrency limit, retrying transient failures; returns the final response."""
+        """POST `body` (raw JSON) to `endpoint` (e.g. `/v1/chat/completions`) once, with no retries
+        and no concurrency bound of its own: the scheduler owns both."""
         ...

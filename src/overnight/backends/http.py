@@ -1,6 +1,6 @@
 """The backend for any OpenAI-compatible HTTP server (OpenAI itself, vLLM, llama.cpp, Ollama, ...).
 
-URL rule: `send` gets endpoints as the batch API names them (`/v1/chat/completions`). When the
+URL rule: `attempt` gets endpoints as the batch API names them (`/v1/chat/completions`). When the
 configured `base_url` already ends in `/v1`, that leading `/v1` is dropped from the endpoint, so
 `http://host:8001/v1` and `http://host:8001` both reach `http://host:8001/v1/chat/completions`.
 Any other base path is kept (`https://host/openai/v1` + `/v1/embeddings` -> `.../openai/v1/embeddings`).
@@ -10,6 +10,8 @@ a JSON object on one line; a JSON object spread over several lines (pretty-print
 newline) is re-encoded compactly, because result lines splice it into JSONL. Anything else is
 wrapped in an OpenAI-shaped error object. A 2xx answer that is not a JSON object becomes a 502.
 Requests that get no HTTP answer end as 502 (`upstream_unreachable`) or 504 (`upstream_timeout`).
+Retries and concurrency are the scheduler's (engine/scheduler.py); this backend only reads what the
+upstream said about them: `retry-after-ms` / `retry-after` and `x-should-retry`.
 
 Transport: requests go through `overnight.backends.wire.Http1Client`, a lean HTTP/1.1 keep-alive pool
 (at most `max_concurrency` connections); aiohttp serves only `list_models`.
@@ -17,12 +19,13 @@ Transport: requests go through `overnight.backends.wire.Http1Client`, a lean HTT
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
+import math
 import os
-import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -30,9 +33,8 @@ import msgspec
 from yarl import URL
 
 from overnight import __version__
-from overnight.backends.base import Attempt, UpstreamResponse
-from overnight.backends.retry import is_retryable_status, parse_retry_after, retry_delay
-from overnight.backends.wire import Http1Client, Response
+from overnight.backends.base import Attempt
+from overnight.backends.wire import Http1Client, NotConnected, Response
 from overnight.config import BackendConfig
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.models import Usage
@@ -91,7 +93,7 @@ def _new_request_id() -> str:
 
 
 class HttpBackend:
-    """An OpenAI-compatible server reached over HTTP, with pooling, a concurrency bound and retries."""
+    """An OpenAI-compatible server reached over HTTP through a keep-alive pool."""
 
     def __init__(
         self,
@@ -99,11 +101,6 @@ class HttpBackend:
         *,
         api_key: str | None,
         timeout_s: float,
-        max_attempts: int,
-        base_delay_s: float,
-        max_delay_s: float,
-        rand: Callable[[], float] = random.random,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Clock | None = None,
     ) -> None:
         self.name = config.name
@@ -116,17 +113,11 @@ class HttpBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout_s = timeout_s
-        self._max_attempts = max(1, max_attempts)
-        self._base_delay_s = base_delay_s
-        self._max_delay_s = max_delay_s
-        self._rand = rand
-        self._sleep = sleep
         self._clock = clock if clock is not None else SystemClock()
         self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
         self._wire: Http1Client | None = None
         self._heads: dict[str, bytes] = {}  # endpoint -> the request's constant bytes
-        self._slots = asyncio.Semaphore(config.max_concurrency)
 
     def __repr__(self) -> str:  # never shows the key
         return f"HttpBackend(name={self.name!r}, base_url={self._base!r})"
@@ -207,9 +198,8 @@ class HttpBackend:
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         wire = self._started_wire()
         outcome = await self._attempt(wire, self._head(wire, endpoint), body)
-        if isinstance(outcome, tuple):
-            failed = self._no_answer(outcome, 1)
-            return Attempt(failed.status, failed.body, failed.request_id, answered=False)
+        if isinstance(outcome, Attempt):
+            return outcome
         status, data, headers = outcome.status, outcome.body, outcome.headers
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
         request_id = headers.get("x-request-id") or _new_request_id()
@@ -222,25 +212,6 @@ class HttpBackend:
             retry_after=retry_after,
             should_retry=_retry_verdict(headers),
         )
-
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        wire = self._started_wire()
-        head = self._head(wire, endpoint)
-        attempt = 1
-        while True:
-            async with self._slots:
-                outcome = await self._attempt(wire, head, body)
-            if isinstance(outcome, tuple):  # no HTTP answer
-                if attempt >= self._max_attempts:
-                    return self._no_answer(outcome, attempt)
-                delay = self._delay(attempt, None)
-            else:
-                status, data, headers = outcome.status, outcome.body, outcome.headers
-                if status < 300 or attempt >= self._max_attempts or not _should_retry(status, headers):
-                    return self._answer(status, data, headers)
-                delay = self._delay(attempt, parse_retry_after(headers, self._clock.now()))
-            await self._sleep(delay)
-            attempt += 1
 
     async def list_models(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         """The model objects of the upstream's `GET /v1/models` (raises when it gives no good answer)."""
@@ -256,33 +227,21 @@ class HttpBackend:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _attempt(self, wire: Http1Client, head: bytes, body: bytes) -> Response | tuple[int, str, str]:
+    async def _attempt(self, wire: Http1Client, head: bytes, body: bytes) -> Response | Attempt:
+        """The upstream's answer, or an unanswered `Attempt` that says why none came."""
         try:
             return await wire.request(head, body, self._timeout_s)
+        except NotConnected as exc:
+            return self._no_answer(_UNREACHABLE, f"could not connect: {exc}", reached=False)
         except TimeoutError:  # a subclass of OSError: first
-            return (*_TIMEOUT, f"no answer within {self._timeout_s:g} s")
+            return self._no_answer(_TIMEOUT, f"no answer within {self._timeout_s:g} s")
         except OSError as exc:  # ConnectionError, ssl.SSLError, DNS errors
-            return (*_UNREACHABLE, _describe(exc))
+            return self._no_answer(_UNREACHABLE, _describe(exc))
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        return retry_delay(
-            attempt,
-            base=self._base_delay_s,
-            cap=self._max_delay_s,
-            retry_after=retry_after,
-            rand=self._rand,
-        )
-
-    def _answer(self, status: int, data: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
-        request_id = headers.get("x-request-id") or _new_request_id()
-        status, data = normalize_body(status, data)
-        return UpstreamResponse(status, data, request_id)
-
-    def _no_answer(self, outcome: tuple[int, str, str], attempts: int) -> UpstreamResponse:
-        status, code, detail = outcome
-        tries = "attempt" if attempts == 1 else "attempts"
-        message = f"Backend {self.name!r} gave no answer after {attempts} {tries}: {detail}"
-        return UpstreamResponse(status, error_body(message, code), _new_request_id())
+    def _no_answer(self, kind: tuple[int, str], detail: str, *, reached: bool = True) -> Attempt:
+        status, code = kind
+        message = f"Backend {self.name!r} gave no answer: {detail}"
+        return Attempt(status, error_body(message, code), _new_request_id(), answered=False, reached=reached)
 
 
 def _retry_verdict(headers: Mapping[str, str]) -> bool | None:
@@ -291,12 +250,44 @@ def _retry_verdict(headers: Mapping[str, str]) -> bool | None:
     return None if override not in ("true", "false") else override == "true"
 
 
-def _should_retry(status: int, headers: Mapping[str, str]) -> bool:
-    verdict = _retry_verdict(headers)
-    return is_retryable_status(status) if verdict is None else verdict
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """The delay in seconds the upstream asked for, or None when it asked for none we understand.
+
+    `retry-after-ms` (milliseconds) wins over `retry-after` (seconds, or an HTTP date compared with
+    `now`, Unix seconds). A date in the past means 0. Negative, NaN and infinite values are ignored.
+    `headers` should be case-insensitive (aiohttp's are); with a plain dict use lower-case names.
+    """
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _number(raw)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" gives a naive datetime; HTTP dates are GMT anyway
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value

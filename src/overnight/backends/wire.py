@@ -17,7 +17,8 @@ that POST needs: no proxies, redirects, cookies, compression (no Accept-Encoding
 * `timeout_s` bounds the whole request (waiting for a connection, connecting, the exchange);
   connecting alone is also bounded by `connect_timeout_s`. A timed-out connection is closed.
 * Errors: `TimeoutError`, or an `OSError` (`ConnectionError`, `ssl.SSLError`, DNS errors) when no
-  complete answer came. Any complete answer, whatever its status, is a `Response`.
+  complete answer came; `NotConnected` (a `ConnectionError`) when no connection could be made at
+  all, so the request never left. Any complete answer, whatever its status, is a `Response`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ from urllib.parse import urlsplit
 
 from overnight.backends.wire_conn import Connection, Response, StaleConnection
 
-__all__ = ["Http1Client", "Response"]
+__all__ = ["Http1Client", "NotConnected", "Response"]
 
 _CRLF = b"\r\n"
+
+
+class NotConnected(ConnectionError):
+    """No connection to the server could be made (refused, unreachable, DNS, connect timeout)."""
 
 
 class Http1Client:
@@ -165,9 +170,11 @@ class Http1Client:
                     ssl=self._ssl() if self._tls else None,
                     server_hostname=self._host if self._tls else None,
                 )
-        except BaseException:
+        except BaseException as exc:
             self._opening -= 1
             self._wake_one()
+            if isinstance(exc, OSError):  # TimeoutError included
+                raise NotConnected(_describe(exc)) from exc
             raise
         self._opening -= 1
         if self._closed:
@@ -230,6 +237,12 @@ class Http1Client:
             idle.pop(0).close()
         if idle:
             self._sweeper = self._loop.call_at(idle[0].idle_since + self._keepalive_s, self._sweep)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else f"{name} (while connecting)"
 
 
 def _authority(netloc: str, hostname: str, port: int | None) -> str:

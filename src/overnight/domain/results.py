@@ -112,14 +112,20 @@ def response_row(
     return ResultRow(line_no, kind, line, usage)
 
 
-def not_run_row(line_no: int, line_id: str, custom_id: str, code: str) -> ResultRow:
-    """A line that never ran because the batch was cancelled or expired."""
+def not_run_row(
+    line_no: int, line_id: str, custom_id: str, code: str, last_failure: str | None = None
+) -> ResultRow:
+    """A line that never ran to a result because the batch was cancelled or expired; `last_failure`
+    says what its last attempt met, when it had one."""
+    message = NOT_RUN_MESSAGES[code]
+    if last_failure:
+        message = f"{message} Its last attempt failed: {last_failure}"
     line = _encode(
         {
             "id": line_id,
             "custom_id": custom_id,
             "response": None,
-            "error": {"code": code, "message": NOT_RUN_MESSAGES[code]},
+            "error": {"code": code, "message": message},
         }
     )
     return ResultRow(line_no, ResultKind.NOT_RUN, line)

@@ -7,23 +7,8 @@ them with any clock they like.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-
-
-class Outcome(enum.Enum):
-    """How one attempt went, as flow control sees it."""
-
-    OK = "ok"  # any answer that says the backend is healthy (2xx, and 4xx other than 408/409/429)
-    OVERLOADED = "overloaded"  # 408, 409, 429, 5xx or a timeout: the backend wants less
-    UNREACHABLE = "unreachable"  # no connection at all
-
-
-def outcome_of(status: int, connected: bool = True) -> Outcome:
-    if not connected:
-        return Outcome.UNREACHABLE
-    if status in (408, 409, 429) or status >= 500:
-        return Outcome.OVERLOADED
-    return Outcome.OK
 
 
 @dataclass
@@ -57,8 +42,10 @@ class AimdWindow:
         self._sent += 1
         return self._sent
 
-    def record(self, outcome: Outcome, sequence: int) -> None:
-        if outcome is Outcome.OK:
+    def record(self, overloaded: bool, sequence: int) -> None:
+        """Account for the answer to request number `sequence` (engine/retry.py says what is an
+        overload)."""
+        if not overloaded:
             self.size = min(float(self.maximum), self.size + 1.0 / self.size)
         elif sequence > self._recover:
             self.size = max(float(self.minimum), self.size * self.decrease_factor)
@@ -115,18 +102,19 @@ class BreakerState(enum.Enum):
 
 @dataclass
 class CircuitBreaker:
-    """Stops sending to a backend that keeps failing, then probes it with one request at a time.
+    """Stops sending to a backend that looks down, then probes it with one request at a time.
 
-    Opens after `threshold` failures in a row (no connection, timeouts, 5xx). While open nothing is
-    sent; after `open_s` (doubling on each failed probe, up to `max_open_s`) one probe may go. A
-    successful probe closes it.
+    Opens after failures that point to the backend (engine/retry.py: no answer, 502, 503, 504) from
+    `threshold` different requests in a row, with no healthy answer between them: one request that
+    keeps failing never opens it. While open nothing is sent; after `open_s` (doubling on each
+    failed probe, up to `max_open_s`) one probe may go. Any healthy answer closes it at once.
     """
 
     threshold: int = 5
     open_s: float = 1.0
     max_open_s: float = 30.0
     state: BreakerState = field(init=False, default=BreakerState.CLOSED)
-    failures: int = field(init=False, default=0)
+    _failing: set[Hashable] = field(init=False, default_factory=set)
     _opened_at: float = field(init=False, default=0.0)
     _current_open_s: float = field(init=False, default=0.0)
     _probing: bool = field(init=False, default=False)
@@ -150,21 +138,30 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
-    def record(self, healthy: bool, now: float) -> None:
-        if healthy:
+    @property
+    def failures(self) -> int:
+        """Different requests that failed in the current run of failures."""
+        return len(self._failing)
+
+    def record(self, down: bool, now: float, request: Hashable = None) -> None:
+        """Account for an answer: `down` when it points to the backend; `request` names the request
+        it answered (None: a request of its own)."""
+        if not down:
             self.state = BreakerState.CLOSED
-            self.failures = 0
+            self._failing.clear()
             self._probing = False
             self._current_open_s = 0.0
             return
-        self.failures += 1
         if self.state is BreakerState.HALF_OPEN:
             self._open(now, min(self.max_open_s, max(self.open_s, self._current_open_s * 2)))
-        elif self.state is BreakerState.CLOSED and self.failures >= self.threshold:
-            self._open(now, self.open_s)
+        elif self.state is BreakerState.CLOSED:
+            self._failing.add(object() if request is None else request)
+            if len(self._failing) >= self.threshold:
+                self._open(now, self.open_s)
 
     def _open(self, now: float, duration: float) -> None:
         self.state = BreakerState.OPEN
+        self._failing.clear()
         self._opened_at = now
         self._current_open_s = duration
         self._probing = False

@@ -90,6 +90,10 @@ class EngineMetrics:
         self.token_counts = Counter(
             "overnight_tokens_total", "Tokens reported by backends, by backend and direction (input/output)."
         )
+        self.circuit_changes = Counter(
+            "overnight_circuit_changes_total",
+            "Circuit breaker openings and closings, by backend and the state it went to.",
+        )
         self.latency = Histogram(
             "overnight_upstream_latency_seconds", "Time from sending an attempt to its answer, by backend."
         )
@@ -106,6 +110,9 @@ class EngineMetrics:
     def retried(self, backend: str) -> None:
         self.retries.inc((("backend", backend),))
 
+    def circuit_changed(self, backend: str, state: str) -> None:
+        self.circuit_changes.inc((("backend", backend), ("state", state)))
+
     def tokens(self, backend: str, input_tokens: int, output_tokens: int) -> None:
         if input_tokens:
             self.token_counts.inc((("backend", backend), ("direction", "input")), input_tokens)
@@ -114,7 +121,14 @@ class EngineMetrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.outcomes, self.retries, self.token_counts, self.latency):
+        for metric in (
+            self.requests,
+            self.outcomes,
+            self.retries,
+            self.token_counts,
+            self.circuit_changes,
+            self.latency,
+        ):
             lines.extend(metric.render())
         for gauges in self.gauges:
             lines.extend(gauges())

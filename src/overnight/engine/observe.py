@@ -57,5 +57,15 @@ async def render_metrics(
                 for name, sched in per_backend
             ],
         ),
+        *gauge_lines(
+            "overnight_backend_waiting_batches",
+            "Batches whose lines wait for a backend whose circuit breaker is not closed, by backend.",
+            [((("backend", name),), len(sched.waiting_batches)) for name, sched in per_backend],
+        ),
+        *gauge_lines(
+            "overnight_requests_waiting_for_backend",
+            "Requests queued again to wait for a backend that looks down, by backend.",
+            [((("backend", name),), sched.waiting_for_backend) for name, sched in per_backend],
+        ),
     ]
     return "\n".join(lines) + "\n"

@@ -3,14 +3,20 @@
 Every batch running on a backend registers a `Feed`. The scheduler sends the feeds' requests in
 earliest-deadline-first order (round robin across projects whose deadlines fall in the same minute),
 never more at once than the AIMD window allows, within the backend's requests- and tokens-per-minute
-budgets, and not at all while the circuit breaker is open. It owns the retry timers, so a request
-waiting to retry holds no slot.
+budgets, and not at all while the circuit breaker is open. It owns the retries, on the injected
+clock like every other wait here, so a request waiting to retry holds no slot. What a failed
+attempt leads to is decided in engine/retry.py.
+
+While the breaker is open, requests waiting for the backend queue behind the others of their batch,
+and each probe comes from the next batch in turn, so one batch's bad lines never hold up another
+batch; the moment a probe is answered they all go again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import random
@@ -19,13 +25,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from overnight.backends.base import Attempt, Backend
-from overnight.backends.retry import is_retryable_status, retry_delay
 from overnight.domain.clock import Clock
 from overnight.domain.models import ResultRow
 from overnight.domain.results import response_row, usage_of
 from overnight.domain.validation import is_blank, parse_request
-from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket, outcome_of
+from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
+from overnight.engine.digest import ErrorDigest, Fate, describe_failure
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
 
 log = logging.getLogger("overnight.engine")
@@ -40,13 +47,6 @@ _INTERNAL_ERROR = (
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
 class RateLimits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -57,9 +57,12 @@ class _Request:
     line_no: int
     custom_id: str
     body: bytes
-    attempts: int = 0
+    attempts: int = 0  # charged attempts (engine/retry.py)
+    waits: int = 0  # failures not charged, while the backend looked down or could not be reached
     tokens: float = 0.0
     sequence: int = 0  # the window's number for the attempt in flight
+    last: Attempt | None = None  # its last failed attempt
+    waiting: bool = False  # queued again to wait for the backend, not for a backoff of its own
 
 
 @dataclass(eq=False)
@@ -76,7 +79,8 @@ class Feed:
     skip: Callable[[int], bool] = lambda _line_no: False
     ready: deque[_Request] = field(default_factory=deque)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-    timers: set[asyncio.TimerHandle] = field(default_factory=set)
+    retrying: int = 0  # its requests waiting for a retry's time
+    last_failures: dict[int, Attempt] = field(default_factory=dict)  # set when it ends, by line number
     exhausted: bool = False
     stopped: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,32 +88,9 @@ class Feed:
     order: int = 0
 
     def check_finished(self) -> None:
-        idle = not self.ready and not self.in_flight and not self.timers
+        idle = not self.ready and not self.in_flight and not self.retrying
         if self.stopped or (self.exhausted and idle):
             self.finished.set()
-
-
-class ErrorDigest:
-    """Logs a backend's failures as patterns (status and how many) rather than one line each."""
-
-    def __init__(self, backend: str, clock: Clock, every_s: float = 30.0) -> None:
-        self._backend = backend
-        self._clock = clock
-        self._every_s = every_s
-        self._counts: dict[int, int] = {}
-        self._last_logged: dict[int, float] = {}
-
-    def note(self, answer: Attempt) -> None:
-        status = answer.status if answer.answered else 0
-        self._counts[status] = self._counts.get(status, 0) + 1
-        now = self._clock.now()
-        if now - self._last_logged.get(status, float("-inf")) < self._every_s:
-            return
-        count = self._counts.pop(status)
-        self._last_logged[status] = now
-        what = f"status={answer.status}" if answer.answered else f"no_answer status={answer.status}"
-        detail = answer.body[:200].decode("utf-8", errors="replace")
-        log.warning("upstream errors backend=%s %s count=%d example=%s", self._backend, what, count, detail)
 
 
 def estimate_tokens(body: bytes) -> float:
@@ -150,7 +131,23 @@ class BackendScheduler:
         self._order = itertools.count()
         self._draining = False
         self._idle = asyncio.Event()
-        self._errors = ErrorDigest(backend.name, clock)
+        self._errors = ErrorDigest(backend.name)
+        self._retries: list[tuple[float, int, Feed, _Request]] = []  # a heap by due time
+        self._retry_order = itertools.count()
+        self._last_probe = -1  # the `order` of the feed that sent the last probe
+        self._opened_at = 0.0
+
+    @property
+    def waiting_batches(self) -> list[str]:
+        """The batches with work on this backend while its breaker is not closed (else none)."""
+        if self.breaker.state is BreakerState.CLOSED:
+            return []
+        return [feed.batch_id for feed in self._feeds if not feed.stopped]
+
+    @property
+    def waiting_for_backend(self) -> int:
+        """Requests queued again because the backend looked down."""
+        return sum(1 for feed in self._feeds for request in feed.ready if request.waiting)
 
     @property
     def in_flight(self) -> int:
@@ -189,6 +186,7 @@ class BackendScheduler:
         return self._in_flight == 0
 
     async def close(self) -> None:
+        self._errors.flush(self._clock.now(), everything=True)
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,9 +204,14 @@ class BackendScheduler:
 
     async def _unregister(self, feed: Feed) -> None:
         self._feeds.remove(feed)
-        for timer in feed.timers:
-            timer.cancel()
-        feed.timers.clear()
+        mine = [entry for entry in self._retries if entry[2] is feed]
+        if mine:
+            self._retries = [entry for entry in self._retries if entry[2] is not feed]
+            heapq.heapify(self._retries)
+        for request in (*feed.ready, *(entry[3] for entry in mine)):
+            if request.last is not None:
+                feed.last_failures[request.line_no] = request.last
+        feed.retrying = 0
         feed.ready.clear()
         tasks = list(feed.in_flight)
         for task in tasks:
@@ -238,12 +241,19 @@ class BackendScheduler:
         while True:
             self._wake.clear()
             wait = self._dispatch()
+            now = self._clock.now()
+            self._errors.flush(now)
+            due = self._errors.due_in(now)
+            if due is not None:
+                wait = due if wait is None else min(wait, due)
             if wait is None:
                 await self._wake.wait()
             else:
                 await wait_event(self._wake, max(wait, 0.001))
 
     def _pick(self) -> Feed | None:
+        if self.breaker.state is BreakerState.HALF_OPEN:
+            return self._pick_probe()
         best: Feed | None = None
         best_key: tuple[int, int, int] | None = None
         for feed in self._feeds:
@@ -253,18 +263,43 @@ class BackendScheduler:
                     best, best_key = feed, key
         return best
 
+    def _pick_probe(self) -> Feed | None:
+        """The next feed in turn after the one that sent the last probe, so probes rotate."""
+        ready = [feed for feed in self._feeds if feed.ready and not feed.stopped]
+        if not ready:
+            return None
+        later = [feed for feed in ready if feed.order > self._last_probe]
+        chosen = min(later or ready, key=lambda feed: feed.order)
+        self._last_probe = chosen.order
+        return chosen
+
+    def _release_due(self, now: float) -> None:
+        """Queue the requests whose retry time has come, ahead of their feeds' new lines."""
+        retries = self._retries
+        while retries and retries[0][0] <= now:
+            _due, _order, feed, request = heapq.heappop(retries)
+            feed.retrying -= 1
+            if not feed.stopped:
+                feed.ready.appendleft(request)
+
+    def _next_retry_in(self, now: float) -> float | None:
+        return max(0.0, self._retries[0][0] - now) if self._retries else None
+
     def _next(self) -> tuple[Feed, _Request] | float | None:
         """Book the next request the limits allow now: the work, or how long until some may start
         (a float), or None when nothing can start until something changes."""
         if self._in_flight >= self.window.limit or self._draining:
             return None
         now = self._clock.now()
+        if self._retries:
+            self._release_due(now)
         if not self.breaker.allows(now):
             return self.breaker.retry_in(now) or None
         feed = self._pick()
         if feed is None:
-            return None
+            return self._next_retry_in(now)
         request = feed.ready[0]
+        request.waiting = False
         if self._rpm is not None or self._tpm is not None:
             request.tokens = request.tokens or estimate_tokens(request.body)
             wait = self._rate_wait(request.tokens, now)
@@ -330,6 +365,8 @@ class BackendScheduler:
             answer = await self.backend.attempt(feed.endpoint, request.body)
         except asyncio.CancelledError:
             self._finish_attempt()
+            if request.last is not None:  # its feed was stopped: keep what it last met
+                feed.last_failures[request.line_no] = request.last
             raise
         except Exception:
             log.exception("internal error sending line %d of batch %s", request.line_no, feed.batch_id)
@@ -346,20 +383,24 @@ class BackendScheduler:
 
     def _after(self, feed: Feed, request: _Request, answer: Attempt) -> None:
         now = self._clock.now()
-        self.window.record(outcome_of(answer.status, answer.answered), request.sequence)
-        self.breaker.record(answer.answered and answer.status < 500, now)
-        succeeded = 200 <= answer.status < 300
-        if not succeeded:
-            self._errors.note(answer)
+        verdict = judge(answer)
+        self.window.record(verdict.overload, request.sequence)
+        self._record_health(verdict, (feed.batch_id, request.line_no), answer, now)
         usage = None
-        if succeeded:
+        if verdict.succeeded:
             usage = answer.usage if answer.usage is not None else usage_of(answer.body)
             self._metrics.tokens(self.backend.name, usage.input_tokens, usage.output_tokens)
             if self._tpm is not None and usage.total_tokens:
                 self._tpm.give_back(request.tokens - usage.total_tokens, now)
-        retrying = not succeeded and self._should_retry(answer) and not feed.stopped
-        if retrying and self._retry_later(feed, request, answer, now):
-            return
+        else:
+            request.last = answer
+            if feed.stopped:  # no result: the line runs again, or is marked as not run
+                feed.last_failures[request.line_no] = answer
+                return
+            fate = self._retry_later(feed, request, answer, verdict, now)
+            self._errors.note(answer, fate, now)
+            if fate is not Fate.FAILED:
+                return
         row = response_row(
             request.line_no,
             feed.line_id(request.line_no),
@@ -369,43 +410,77 @@ class BackendScheduler:
             answer.body,
             usage,
         )
-        self._metrics.finished(self.backend.name, succeeded)
+        self._metrics.finished(self.backend.name, verdict.succeeded)
         feed.sink(row)
 
-    @staticmethod
-    def _should_retry(answer: Attempt) -> bool:
-        if answer.should_retry is not None:
-            return answer.should_retry
-        return not answer.answered or is_retryable_status(answer.status)
-
-    def _retry_later(self, feed: Feed, request: _Request, answer: Attempt, now: float) -> bool:
-        """Schedule another attempt; False when the attempts are used up."""
-        if self.breaker.state is BreakerState.CLOSED:
+    def _retry_later(
+        self, feed: Feed, request: _Request, answer: Attempt, verdict: Judgement, now: float
+    ) -> Fate:
+        """Queue a failed request for another attempt (engine/retry.py says whether and when)."""
+        if not verdict.retry:
+            return Fate.FAILED
+        backend_down = self.breaker.state is not BreakerState.CLOSED
+        if is_charged(answer, backend_down):
             request.attempts += 1
             if request.attempts >= self._retry.max_attempts:
-                return False
-            delay = retry_delay(
-                request.attempts,
-                base=self._retry.base_delay_s,
-                cap=self._retry.max_delay_s,
-                retry_after=answer.retry_after,
-                rand=self._rand,
-            )
+                return Fate.FAILED
+            tries, fate = request.attempts, Fate.RETRYING
         else:
-            # The backend looks down: this failure says nothing about the request, so it keeps its
-            # attempts and waits for the breaker's probe.
-            delay = self.breaker.retry_in(now)
+            request.waits += 1
+            tries, fate = request.waits, Fate.WAITING
         self._metrics.retried(self.backend.name)
-        loop = asyncio.get_running_loop()
-        holder: list[asyncio.TimerHandle] = []
+        if backend_down:
+            # The breaker paces the probes: wait behind the feed's other lines, and go as soon as
+            # the backend answers again.
+            request.waiting = True
+            feed.ready.append(request)
+            return fate
+        request.waiting = fate is Fate.WAITING
+        due = now + self._retry.delay(tries, answer.retry_after, self._rand)
+        heapq.heappush(self._retries, (due, next(self._retry_order), feed, request))
+        feed.retrying += 1
+        return fate
 
-        def requeue() -> None:
-            feed.timers.discard(holder[0])
-            if not feed.stopped:
+    def _record_health(self, verdict: Judgement, request: object, answer: Attempt, now: float) -> None:
+        """Tell the breaker; log and count when it opens or closes."""
+        before = self.breaker.state
+        self.breaker.record(verdict.backend_down, now, request)
+        after = self.breaker.state
+        if before is BreakerState.CLOSED and after is BreakerState.OPEN:
+            self._opened_at = now
+            self._metrics.circuit_changed(self.backend.name, "open")
+            waiting = self.waiting_batches
+            log.warning(
+                "backend %s looks down: circuit open after failures of %d different requests "
+                "(last: %s); %d batch(es) wait for it: %s",
+                self.backend.name,
+                self.breaker.threshold,
+                describe_failure(answer),
+                len(waiting),
+                ", ".join(waiting) or "none",
+            )
+        elif before is not BreakerState.CLOSED and after is BreakerState.CLOSED:
+            self._metrics.circuit_changed(self.backend.name, "closed")
+            self._release_waiting()
+            resumed = [feed.batch_id for feed in self._feeds if not feed.stopped]
+            log.info(
+                "backend %s answers again: circuit closed after %.1f s; resuming %s",
+                self.backend.name,
+                now - self._opened_at,
+                ", ".join(resumed) or "no batch",
+            )
+            self._wake.set()
+
+    def _release_waiting(self) -> None:
+        """The backend is back: requests that were only waiting for it go now, not after a backoff."""
+        kept = []
+        for entry in self._retries:
+            feed, request = entry[2], entry[3]
+            if request.waiting and not feed.stopped:
+                feed.retrying -= 1
                 feed.ready.appendleft(request)
-                self._wake.set()
-
-        handle = loop.call_later(delay, requeue)
-        holder.append(handle)
-        feed.timers.add(handle)
-        return True
+            else:
+                kept.append(entry)
+        if len(kept) != len(self._retries):
+            self._retries = kept
+            heapq.heapify(kept)

@@ -8,7 +8,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 
-from overnight.backends.base import Backend
+from overnight.backends.base import Attempt, Backend
 from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore, read_line_groups, read_lines
 from overnight.domain.clock import Clock
@@ -17,12 +17,14 @@ from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
+from overnight.engine.digest import describe_failure
 from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import publish_result_files, register_result_files
 from overnight.engine.recorder import ResultRecorder
-from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits, RetryPolicy
+from overnight.engine.retry import RetryPolicy
+from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits
 from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
@@ -69,6 +71,7 @@ class Engine:
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._spools: dict[str, ResultSpool] = {}
+        self._last_failures: dict[str, dict[int, Attempt]] = {}  # of lines a stop left unfinished
         self.janitor = Janitor(store, blobs, delay_s=cleanup_delay_s)
         self._retry = retry or RetryPolicy()
         self._rates = dict(rates or {})
@@ -160,6 +163,7 @@ class Engine:
     def _driver_done(self, batch_id: str, task: asyncio.Task[None]) -> None:
         self._drivers.pop(batch_id, None)
         self._stops.pop(batch_id, None)
+        self._last_failures.pop(batch_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("batch driver failed id=%s", batch_id, exc_info=task.exception())
 
@@ -256,6 +260,7 @@ class Engine:
                 all_ran = await scheduler.run(feed)
             finally:
                 watcher.cancel()
+                self._last_failures[batch.id] = feed.last_failures
         if all_ran:
             await self._move(batch, S.FINALIZING)
 
@@ -287,12 +292,15 @@ class Engine:
 
     async def _mark_not_run(self, batch: Batch, code: str) -> None:
         done = await self._store.finished_lines(batch.id)
+        last_failures = self._last_failures.pop(batch.id, {})
         rows: list[ResultRow] = []
         async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
             if line_no in done or is_blank(raw):
                 continue
             custom_id = parse_request(raw).custom_id
-            rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code))
+            last = last_failures.get(line_no)
+            detail = describe_failure(last) if last is not None else None
+            rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code, detail))
             if len(rows) >= _YIELD_EVERY:
                 await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
                 rows = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from overnight.backends.base import Attempt, UpstreamResponse
+from overnight.backends.base import Attempt
 from overnight.backends.local.base import LocalModel, error_answer
 
 log = logging.getLogger("overnight.local")
@@ -93,10 +93,6 @@ class LocalBackend:
         request_id = _new_request_id()
         status, data = await self._answer(endpoint, body)
         return Attempt(status, data, request_id, should_retry=False if status >= 400 else None)
-
-    async def send(self, endpoint: str, body: bytes) -> UpstreamResponse:
-        status, data = await self._answer(endpoint, body)
-        return UpstreamResponse(status, data, _new_request_id())
 
     async def _answer(self, endpoint: str, body: bytes) -> tuple[int, bytes]:
         try:
