@@ -12,8 +12,10 @@ from typing import Any
 
 from overnight import __version__
 from overnight.config import ConfigError, Settings, load_settings
+from overnight.domain.limits import parse_window
 
 EXIT_CONFIG_ERROR = 2
+DEFAULT_RUN_TIMEOUT = "1h"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,13 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help="batch input file (JSONL)")
     run.add_argument("-o", "--output", type=Path, required=True, help="where successful lines go")
     run.add_argument("--errors", type=Path, help="where failed lines go (default: beside the output)")
+    run.add_argument(
+        "--timeout",
+        default=DEFAULT_RUN_TIMEOUT,
+        help="give up on the lines still unfinished after this long, e.g. 90s, 30m, 24h (default "
+        f"{DEFAULT_RUN_TIMEOUT}); they go to the errors file as batch_expired and the exit status is 1",
+    )
     _backend_flags(run)
     return parser
 
 
 def _backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--upstream", help="base URL of an OpenAI-compatible server serving every model")
+    parser.add_argument(
+        "--upstream",
+        help="base URL of an OpenAI-compatible server for every model that neither a [[backends]] entry "
+        "nor a local model serves (those come first)",
+    )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
 
 
@@ -62,7 +74,7 @@ def _errors_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
 
 
-async def _run_offline(settings: Settings, args: argparse.Namespace) -> int:
+async def _run_offline(settings: Settings, args: argparse.Namespace, timeout_s: float) -> int:
     from overnight.backends.router import Router
     from overnight.offline import run_file
     from overnight.wiring import build_backends, retry_policy
@@ -71,9 +83,18 @@ async def _run_offline(settings: Settings, args: argparse.Namespace) -> int:
     await router.start()
     try:
         errors = args.errors or _errors_path(args.output)
-        return await run_file(router, retry_policy(settings), args.input, args.output, errors)
+        return await run_file(
+            router, retry_policy(settings), args.input, args.output, errors, timeout_s=timeout_s
+        )
     finally:
         await router.close()
+
+
+def _timeout(text: str) -> float:
+    seconds = parse_window(text) if not text.isdigit() else int(text)
+    if not seconds:
+        raise ConfigError(f"--timeout: {text!r} is not a duration such as 90s, 30m or 24h")
+    return float(seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.input.is_file():
             print(f"overnight: error: input file {str(args.input)!r} does not exist", file=sys.stderr)
             return EXIT_CONFIG_ERROR
-        code: int = _run(_run_offline(settings, args))
+        code: int = _run(_run_offline(settings, args, _timeout(args.timeout)))
         return code
     except ConfigError as error:
         print(f"overnight: error: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from overnight.config import ConfigError, Settings
 from overnight.http.app import create_app
-from overnight.wiring import Runtime, open_runtime
+from overnight.wiring import Runtime, log_startup, open_runtime
 
 log = logging.getLogger("overnight")
 CLEANUP_S = 10.0  # after the engine's own grace period
@@ -53,9 +54,20 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is created, so a port in use changes nothing."""
+    try:
+        return socket.create_server((host, port), reuse_port=False, backlog=1024)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"setting 'port': cannot listen on {host}:{port}: {reason}") from None
+
+
 async def serve(settings: Settings) -> None:
-    with exclusive_data_dir(settings.data_dir):
+    sock = listening_socket(settings.host, settings.port)
+    with sock, exclusive_data_dir(settings.data_dir):
         runtime = await open_runtime(settings)
+        log_startup(runtime)
         # This process holds the data folder's lock, so any lease in it belongs to a dead server.
         await runtime.store.release_all_leases()
         discarded = await runtime.blobs.discard_unfinished()
@@ -70,7 +82,7 @@ async def serve(settings: Settings) -> None:
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.SockSite(runner, sock)
         await site.start()
         workers = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
         log.info("Overnight listening on http://%s:%d/v1", settings.host, settings.port)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from overnight.backends.base import Backend
 from overnight.backends.http import HttpBackend
@@ -134,6 +135,32 @@ def rate_limits(settings: Settings) -> dict[str, RateLimits]:
         config.name: RateLimits(config.requests_per_minute, config.tokens_per_minute)
         for config in settings.all_backends()
     }
+
+
+def describe_backend(backend: Backend) -> str:
+    """A backend in a log line: where it is and what it serves, never its key."""
+    if isinstance(backend, HttpBackend):
+        url = urlsplit(backend.config.base_url)
+        netloc = url.netloc.rpartition("@")[2]  # never credentials written into the URL
+        where = urlunsplit((url.scheme, netloc, url.path, "", ""))
+        models = ", ".join(backend.config.models)
+        return (
+            f"backend {backend.name} at {where} serves {models} (max_concurrency {backend.max_concurrency})"
+        )
+    if isinstance(backend, LocalBackend):
+        return f"local models: {', '.join(backend.model_names)}"
+    return f"backend {backend.name}"
+
+
+def log_startup(runtime: Runtime) -> None:
+    settings = runtime.settings
+    log.info("data folder %s (database overnight.db, file contents in blobs/)", settings.data_dir.resolve())
+    for backend in runtime.router.backends:
+        log.info("%s", describe_backend(backend))
+    if not runtime.router.backends:
+        log.warning("no backend and no local model: every batch will fail validation (see --upstream)")
+    keys = len(settings.api_keys)
+    log.info("%s", f"{keys} API key(s) configured" if keys else "no API keys configured: any key is accepted")
 
 
 @dataclass

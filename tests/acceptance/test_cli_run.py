@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -199,3 +200,53 @@ def test_serve_refuses_a_bad_config(tmp_path: Path, config: str, fragments: tupl
     result = overnight("serve", "--config", bad, "--data-dir", tmp_path / "data", cwd=tmp_path)
     assert result.returncode != 0
     assert_one_clear_error(result, *fragments)
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        result = overnight("serve", "--port", str(port), "--data-dir", data, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_clear_error(result, "'port'", f"127.0.0.1:{port}")
+    assert not data.exists()
+
+
+def test_run_ends_at_its_timeout_when_the_upstream_is_unreachable(tmp_path: Path) -> None:
+    names = [f"u-{i}" for i in range(5)]
+    source = write_input(tmp_path / "in.jsonl", [chat_line(name) for name in names])
+    output = tmp_path / "out.jsonl"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+
+    result = overnight("run", source, "-o", output, "--upstream", dead, "--timeout", "3s", cwd=tmp_path)
+
+    assert result.returncode == EXIT_SOME_FAILED, result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_jsonl(output) == []
+    errors = read_jsonl(tmp_path / "out.errors.jsonl")
+    assert sorted(line["custom_id"] for line in errors) == names
+    for line in errors:
+        assert line["response"] is None
+        assert line["error"]["code"] == "batch_expired"
+        assert "could not connect" in line["error"]["message"]  # what its last attempt met
+    assert "5 unfinished line(s)" in result.stderr
+    assert "0 succeeded, 5 failed" in result.stderr
+
+
+def test_run_rejects_a_bad_timeout(upstream: FakeUpstreamProcess, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.jsonl", [chat_line("x")])
+    result = overnight(
+        "run",
+        source,
+        "-o",
+        tmp_path / "o.jsonl",
+        "--upstream",
+        upstream.base_url,
+        "--timeout",
+        "soon",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert_one_clear_error(result, "--timeout", "'soon'")

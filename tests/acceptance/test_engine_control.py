@@ -114,3 +114,82 @@ def test_a_dead_upstream_pauses_work_instead_of_failing_it(own_server: StartServ
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
     assert len(read_lines(client, done.output_file_id)) == 6
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param({"status": 500}, id="json-500"),
+        pytest.param({"status": 500, "text_body": "Internal Server Error"}, id="plain-text-500"),
+        pytest.param({"status": 400}, id="400"),
+    ],
+)
+def test_lines_the_upstream_always_refuses_do_not_hold_up_the_backend(
+    own_server: StartServer, refusal: dict[str, Any]
+) -> None:
+    fake = FakeUpstreamProcess()
+    try:
+        server = own_server(fake.base_url, max_attempts=3)
+        client = make_client(server.base_url)
+        tag = "-".join(str(value) for value in refusal.values())[:20]
+        bad = [chat_line(f"bad{i}", fake={"key": f"{tag}-bad{i}", **refusal}) for i in range(5)]
+        first = client.batches.create(
+            input_file_id=upload(client, bad).id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        second = client.batches.create(
+            input_file_id=upload(client, [chat_line(f"good{i}") for i in range(10)]).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        healthy = wait_for(client, second.id, timeout=TIMEOUT_S)
+        refused = wait_for(client, first.id, timeout=TIMEOUT_S)
+        stats = fake.stats()
+    finally:
+        fake.stop()
+    assert healthy.status == "completed"
+    assert healthy.request_counts is not None
+    assert (healthy.request_counts.completed, healthy.request_counts.failed) == (10, 0)
+    assert refused.status == "completed"
+    assert refused.request_counts is not None
+    assert (refused.request_counts.completed, refused.request_counts.failed) == (0, 5)
+    errors = read_lines(client, refused.error_file_id)
+    assert sorted(line["custom_id"] for line in errors) == [f"bad{i}" for i in range(5)]
+    for line in errors:
+        assert line["error"] is None
+        assert line["response"]["status_code"] == refusal["status"]
+        message = line["response"]["body"]["error"]["message"]
+        assert refusal.get("text_body", "The fake upstream was told to answer") in message
+    budget = 1 if refusal["status"] == 400 else 3  # a 400 is final; a 500 is tried max_attempts times
+    assert all(stats["by_key"][f"{tag}-bad{i}"] == budget for i in range(5))
+    log = server.log()
+    assert f"batch completed id={refused.id}" in log
+    assert "0/5 done" not in log
+
+
+def test_a_stalled_backend_is_visible_in_logs_and_metrics(own_server: StartServer) -> None:
+    port = free_port()
+    server = own_server(f"http://127.0.0.1:{port}/v1", max_attempts=2)
+    client = make_client(server.base_url)
+    batch = client.batches.create(
+        input_file_id=upload(client, [chat_line(f"v{i}") for i in range(6)]).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while metric(metrics_text(server), "overnight_backend_waiting_batches", backend="fake") != 1:
+        assert time.monotonic() < deadline, "the stalled batch never showed in /metrics"
+        time.sleep(0.05)
+    text = metrics_text(server)
+    assert metric(text, "overnight_circuit_changes_total", backend="fake", state="open") >= 1
+    assert metric(text, "overnight_requests_waiting_for_backend", backend="fake") >= 1
+    assert f"wait for it: {batch.id}" in server.log()
+    fake = FakeUpstreamProcess(port=port)
+    try:
+        done = wait_for(client, batch.id, timeout=TIMEOUT_S)
+    finally:
+        fake.stop()
+    assert done.status == "completed"
+    log = server.log()
+    assert "circuit closed" in log
+    assert f"resuming {batch.id}" in log
+    assert metric(metrics_text(server), "overnight_backend_waiting_batches", backend="fake") == 0

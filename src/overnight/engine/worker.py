@@ -110,6 +110,7 @@ class Engine:
     async def run(self) -> None:
         """Drive batches until cancelled; on cancellation, stop every batch's work cleanly."""
         self.janitor.start_sweep()
+        await self._log_resumed()
         try:
             while True:
                 self._wake.clear()
@@ -117,6 +118,16 @@ class Engine:
                 await wait_event(self._wake, self._poll_interval)
         finally:
             await self.shutdown(self._shutdown_grace)
+
+    async def _log_resumed(self) -> None:
+        left = await self._store.batches_in(ACTIVE)
+        if left:
+            described = ", ".join(
+                f"{b.id} ({b.status}, {b.request_counts.completed + b.request_counts.failed}"
+                f"/{b.request_counts.total} done)"
+                for b in left
+            )
+            log.info("resuming %d unfinished batch(es): %s", len(left), described)
 
     async def shutdown(self, grace_s: float = 0.0) -> None:
         """Stop: send nothing new, give requests in flight `grace_s` to answer (their results are
@@ -200,7 +211,7 @@ class Engine:
         moved = transition(batch, target, self._now(), **changes)
         ok = await self._store.transition_batch(moved, expected=(batch.status,))
         if ok:
-            log.info("batch %s id=%s project=%s", target, batch.id, batch.project)
+            log.info("batch %s id=%s project=%s%s", target, batch.id, batch.project, _what_changed(moved))
         return ok
 
     # -- validating ----------------------------------------------------------------------------
@@ -306,6 +317,26 @@ class Engine:
                 rows = []
         if rows:
             await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
+
+
+def _what_changed(batch: Batch) -> str:
+    """The part of a batch event's log line a user reads: what validation found, how it ended."""
+    counts = batch.request_counts
+    if batch.status is S.IN_PROGRESS:
+        return f" validated: {counts.total} request(s) for model {batch.model}"
+    if batch.status is S.FAILED and batch.errors:
+        first = batch.errors[0]
+        where = f"line {first.line}: " if first.line is not None else ""
+        count = len(batch.errors)
+        return f" because of {count} validation error(s); first: {where}{first.code}: {first.message}"
+    if batch.status in (S.COMPLETED, S.CANCELLED, S.EXPIRED):
+        ended = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.created_at
+        done = counts.completed + counts.failed
+        return (
+            f" {done}/{counts.total} done ({counts.completed} succeeded, {counts.failed} failed)"
+            f" in {ended - batch.created_at} s"
+        )
+    return ""
 
 
 async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:
