@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import crash, dispatch, embeddings, ingest, latency, soak
+from . import crash, dispatch, embeddings, ingest, latency, soak, stall
 from .procs import machine
 from .report import Section, render
 
-SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings")
+SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings", "stall")
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
 
@@ -56,6 +56,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "ingest": lambda: ingest.run(work, ingest_sizes),
         "crash": lambda: crash.run(work, crash_n, c, 20.0),
         "embeddings": lambda: embeddings.run(work, embeddings_n),
+        "stall": lambda: stall.run(work),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 
