@@ -13,9 +13,9 @@ import msgspec
 
 from overnight.backends.base import Attempt
 from overnight.backends.router import Router
-from overnight.blobs.base import split_lines
 from overnight.domain.clock import SystemClock
 from overnight.domain.ids import request_line_id
+from overnight.domain.lines import split_lines
 from overnight.domain.models import ResultRow
 from overnight.domain.results import BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, ValidationResult, is_blank, parse_request

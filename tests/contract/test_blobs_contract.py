@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overnight.blobs.base import BlobStore, BlobTooLarge, read_lines
+from overnight.blobs.base import BlobStore, BlobTooLarge
 from overnight.blobs.local import TEMP_PREFIX, LocalBlobStore
+from overnight.domain.lines import split_lines
 
 
 async def stream(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -133,7 +134,7 @@ async def test_unsafe_keys_are_rejected(blobs: BlobStore, key: str) -> None:
 
 async def test_read_lines_numbers_every_line(blobs: BlobStore) -> None:
     await blobs.put("lines", stream([b"one\ntw", b"o\n\nfour"]))
-    lines = [(n, line) async for n, line in read_lines(blobs, "lines")]
+    lines = [(n, line) async for n, line in split_lines(blobs.read("lines"))]
     assert lines == [(1, b"one"), (2, b"two"), (3, b""), (4, b"four")]
 
 

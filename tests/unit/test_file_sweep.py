@@ -12,9 +12,9 @@ from overnight.blobs.local import LocalBlobStore
 from overnight.domain import limits
 from overnight.domain.clock import ManualClock
 from overnight.domain.errors import NotFound
-from overnight.domain.ids import IdGenerator
+from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.models import Batch, BatchStatus, FileObject
-from overnight.services.files import FilesService, UploadForm, blob_key
+from overnight.services.files import FilesService, UploadForm
 from overnight.store.sqlite import SqliteStore
 
 PROJECT = "proj"

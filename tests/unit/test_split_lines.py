@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overnight.blobs.base import split_line_groups, split_lines
+from overnight.domain.lines import split_line_groups, split_lines
 
 
 async def stream(chunks: list[bytes]) -> AsyncIterator[bytes]:

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 
 from overnight.blobs.local import TEMP_PREFIX, LocalBlobStore
+from overnight.domain.ids import blob_key, error_file_id, output_file_id
 from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
-from overnight.engine.outputs import error_file_id, output_file_id
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.spool import QUEUED_CHUNKS, ResultSpool
-from overnight.services.files import blob_key
 from overnight.store.sqlite import SqliteStore
 
 BATCH = "batch_spool"

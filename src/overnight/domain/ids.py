@@ -38,6 +38,20 @@ class IdGenerator:
         return BATCH_PREFIX + self._next_suffix()
 
 
+def blob_key(file_id: str) -> str:
+    """Where a file's content is kept in the blob store."""
+    return f"files/{file_id}"
+
+
+def output_file_id(batch_id: str) -> str:
+    """A batch's output file: stable per batch, so finalizing again after a crash rewrites the same file."""
+    return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}o"
+
+
+def error_file_id(batch_id: str) -> str:
+    return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}e"
+
+
 def request_line_id(batch_id: str, line_no: int) -> str:
     """The `id` of an output/error line: stable for a (batch, line) so re-runs write the same id."""
     suffix = batch_id.removeprefix(BATCH_PREFIX)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class BatchStatus(enum.StrEnum):
@@ -111,3 +114,11 @@ class ResultRow:
     kind: ResultKind
     line: bytes
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list: the items, and whether more come after the last."""
+
+    items: list[T]
+    has_more: bool

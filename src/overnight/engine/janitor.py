@@ -13,9 +13,9 @@ import asyncio
 import logging
 
 from overnight.blobs.base import BlobStore
+from overnight.domain.ids import blob_key
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import Batch
-from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.engine")

@@ -1,4 +1,4 @@
-"""A batch's output and error files: their ids, assembling them from the recorded results (streamed),
+"""A batch's output and error files: assembling them from the recorded results (streamed),
 and registering them as File objects."""
 
 from __future__ import annotations
@@ -7,22 +7,12 @@ from collections.abc import Mapping
 
 from overnight.blobs.base import BlobStore
 from overnight.domain import limits
-from overnight.domain.ids import BATCH_PREFIX, FILE_PREFIX
+from overnight.domain.ids import blob_key, error_file_id, output_file_id
 from overnight.domain.models import Batch, FileObject, ResultKind
-from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
 OUTPUT_KINDS = (ResultKind.SUCCEEDED,)
 ERROR_KINDS = (ResultKind.FAILED, ResultKind.NOT_RUN)
-
-
-def output_file_id(batch_id: str) -> str:
-    """Stable per batch, so finalizing again after a crash rewrites the same file."""
-    return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}o"
-
-
-def error_file_id(batch_id: str) -> str:
-    return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}e"
 
 
 def _filename(file_id: str, batch: Batch) -> str:

@@ -15,9 +15,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from overnight.blobs.base import BlobStore
+from overnight.domain.ids import blob_key, error_file_id, output_file_id
 from overnight.domain.models import ResultRow
-from overnight.engine.outputs import ERROR_KINDS, OUTPUT_KINDS, error_file_id, output_file_id
-from overnight.services.files import blob_key
+from overnight.engine.outputs import ERROR_KINDS, OUTPUT_KINDS
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.engine")

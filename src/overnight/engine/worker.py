@@ -10,10 +10,11 @@ from collections.abc import Mapping
 
 from overnight.backends.base import Attempt, Backend
 from overnight.backends.router import Router
-from overnight.blobs.base import BlobStore, read_line_groups, read_lines
+from overnight.blobs.base import BlobStore
 from overnight.domain.clock import Clock
-from overnight.domain.ids import request_line_id
+from overnight.domain.ids import blob_key, request_line_id
 from overnight.domain.lifecycle import TERMINAL, transition
+from overnight.domain.lines import split_line_groups, split_lines
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
@@ -28,7 +29,6 @@ from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits
 from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
-from overnight.services.files import blob_key
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.engine")
@@ -218,7 +218,7 @@ class Engine:
     async def _validate(self, batch: Batch) -> None:
         validator = BatchValidator(batch.endpoint, self._router.serves)
         try:
-            async for group in read_line_groups(self._blobs, blob_key(batch.input_file_id)):
+            async for group in split_line_groups(self._blobs.read(blob_key(batch.input_file_id))):
                 for line_no, raw in group:
                     validator.check_line(line_no, raw)
                 await asyncio.sleep(0)  # a chunk's worth of lines at a time, then let others run
@@ -261,7 +261,7 @@ class Engine:
                 project=batch.project,
                 deadline=batch.expires_at,
                 endpoint=batch.endpoint,
-                lines=read_lines(self._blobs, blob_key(batch.input_file_id)),
+                lines=split_lines(self._blobs.read(blob_key(batch.input_file_id))),
                 line_id=functools.partial(request_line_id, batch.id),
                 sink=recorder.add,
                 skip=done.__contains__,
@@ -305,7 +305,7 @@ class Engine:
         done = await self._store.finished_lines(batch.id)
         last_failures = self._last_failures.pop(batch.id, {})
         rows: list[ResultRow] = []
-        async for line_no, raw in read_lines(self._blobs, blob_key(batch.input_file_id)):
+        async for line_no, raw in split_lines(self._blobs.read(blob_key(batch.input_file_id))):
             if line_no in done or is_blank(raw):
                 continue
             custom_id = parse_request(raw).custom_id

@@ -8,8 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from overnight.domain.models import Batch, FileObject
-from overnight.store.base import Page
+from overnight.domain.models import Batch, FileObject, Page
 
 T = TypeVar("T")
 

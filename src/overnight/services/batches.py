@@ -11,8 +11,8 @@ from overnight.domain.clock import Clock
 from overnight.domain.errors import Conflict, InvalidRequest, batch_not_found, file_not_found
 from overnight.domain.ids import IdGenerator
 from overnight.domain.lifecycle import CANCELLABLE, transition
-from overnight.domain.models import Batch, BatchStatus
-from overnight.store.base import MetadataStore, Page
+from overnight.domain.models import Batch, BatchStatus, Page
+from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.batches")
 

@@ -11,16 +11,12 @@ from overnight.blobs.base import BlobStore, BlobTooLarge
 from overnight.domain import limits
 from overnight.domain.clock import Clock
 from overnight.domain.errors import InvalidRequest, file_not_found
-from overnight.domain.ids import IdGenerator
-from overnight.domain.models import FileObject
+from overnight.domain.ids import IdGenerator, blob_key
+from overnight.domain.models import FileObject, Page
 from overnight.probes import NO_PROBE, Probe
-from overnight.store.base import MetadataStore, Order, Page
+from overnight.store.base import MetadataStore, Order
 
 log = logging.getLogger("overnight.files")
-
-
-def blob_key(file_id: str) -> str:
-    return f"files/{file_id}"
 
 
 @dataclass(frozen=True, slots=True)

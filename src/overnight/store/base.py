@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
-from overnight.domain.models import Batch, BatchStatus, FileObject, ResultKind, ResultRow
+from overnight.domain.models import Batch, BatchStatus, FileObject, Page, ResultKind, ResultRow
 
 Order = Literal["asc", "desc"]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    has_more: bool
 
 
 class MetadataStore(Protocol):

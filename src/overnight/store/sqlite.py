@@ -20,6 +20,7 @@ from overnight.domain.models import (
     BatchError,
     BatchStatus,
     FileObject,
+    Page,
     RequestCounts,
     ResultKind,
     ResultRow,
@@ -27,7 +28,7 @@ from overnight.domain.models import (
 )
 from overnight.store import schema
 from overnight.store import sqlite_leases as leases
-from overnight.store.base import Order, Page
+from overnight.store.base import Order
 
 P = ParamSpec("P")
 R = TypeVar("R")
