@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.server import FAKE_UPSTREAM, free_port, http_json, wait_until_healthy
+from support.server import FAKE_UPSTREAM, free_port, http_json, stop_process, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -150,17 +150,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # -- the processes -----------------------------------------------------------------------------------
 
 
@@ -188,7 +177,7 @@ class FakeUpstream:
         return result
 
     def stop(self) -> None:
-        _terminate(self.process, timeout=10)
+        stop_process(self.process, timeout=10)
 
     def __enter__(self) -> FakeUpstream:
         return self
@@ -283,7 +272,7 @@ class Overnight:
 
     def stop(self) -> None:
         if self.process is not None:
-            _terminate(self.process)
+            stop_process(self.process, timeout=30)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

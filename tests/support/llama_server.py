@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.server import free_port, wait_until_healthy
+from support.server import free_port, stop_process, wait_until_healthy
 
 MODEL_ALIAS = "smollm2-real"
 
@@ -41,10 +41,4 @@ class LlamaServer:
         wait_until_healthy(f"{self.base_url}/models", self.process)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

@@ -53,6 +53,17 @@ def wait_until_healthy(
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class FakeUpstreamProcess:
     """The fake model server as a subprocess, driven over its control endpoints."""
 
@@ -78,13 +89,7 @@ class FakeUpstreamProcess:
         http_json("POST", f"{self.root}/_control", knobs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class OvernightServer:
