@@ -20,8 +20,9 @@ from overnight.domain.models import ResultRow
 from overnight.domain.results import BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, ValidationResult, is_blank, parse_request
 from overnight.engine.digest import describe_failure
+from overnight.engine.feed import Feed
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.scheduler import BackendScheduler, Feed
+from overnight.engine.scheduler import BackendScheduler
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 1

@@ -19,8 +19,8 @@ from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Settings
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
+from overnight.engine.feed import RateLimits
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.scheduler import RateLimits
 from overnight.engine.worker import Engine
 from overnight.http.auth import Authenticator
 from overnight.probes import probe_for

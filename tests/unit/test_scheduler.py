@@ -14,8 +14,9 @@ from overnight.backends.base import Attempt
 from overnight.domain.clock import ManualClock, SystemClock
 from overnight.domain.models import ResultKind, ResultRow
 from overnight.engine.control import BreakerState, CircuitBreaker
+from overnight.engine.feed import Feed
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.scheduler import BackendScheduler, Feed
+from overnight.engine.scheduler import BackendScheduler
 
 OK_BODY = b'{"object":"chat.completion","usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
 

@@ -20,83 +20,26 @@ import heapq
 import itertools
 import logging
 import random
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from overnight.backends.base import Attempt, Backend
 from overnight.domain.clock import Clock
-from overnight.domain.models import ResultRow
 from overnight.domain.results import response_row, usage_of
 from overnight.domain.validation import is_blank, parse_request
 from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
 from overnight.engine.digest import ErrorDigest, Fate, describe_failure
+from overnight.engine.feed import Feed, RateLimits, Request, estimate_tokens
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
 
 log = logging.getLogger("overnight.engine")
 
-Sink = Callable[[ResultRow], None]
-LineId = Callable[[int], str]
 DEADLINE_BUCKET_S = 60
 _INTERNAL_ERROR = (
     b'{"error":{"message":"Overnight could not run this request because of an internal error.",'
     b'"type":"server_error","param":null,"code":null}}'
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-
-
-@dataclass(slots=True)
-class _Request:
-    line_no: int
-    custom_id: str
-    body: bytes
-    attempts: int = 0  # charged attempts (engine/retry.py)
-    waits: int = 0  # failures not charged, while the backend looked down or could not be reached
-    tokens: float = 0.0
-    sequence: int = 0  # the window's number for the attempt in flight
-    last: Attempt | None = None  # its last failed attempt
-    waiting: bool = False  # queued again to wait for the backend, not for a backoff of its own
-
-
-@dataclass(eq=False)
-class Feed:
-    """One batch's lines for one backend."""
-
-    batch_id: str
-    project: str
-    deadline: int
-    endpoint: str
-    lines: AsyncIterator[tuple[int, bytes]]
-    line_id: LineId
-    sink: Sink
-    skip: Callable[[int], bool] = lambda _line_no: False
-    ready: deque[_Request] = field(default_factory=deque)
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-    retrying: int = 0  # its requests waiting for a retry's time
-    last_failures: dict[int, Attempt] = field(default_factory=dict)  # set when it ends, by line number
-    exhausted: bool = False
-    stopped: bool = False
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    room: asyncio.Event = field(default_factory=asyncio.Event)
-    order: int = 0
-
-    def check_finished(self) -> None:
-        idle = not self.ready and not self.in_flight and not self.retrying
-        if self.stopped or (self.exhausted and idle):
-            self.finished.set()
-
-
-def estimate_tokens(body: bytes) -> float:
-    """A cheap upper-ish estimate of a request's tokens before it runs: ~4 bytes a token, plus room
-    for the answer. Corrected from `usage` once the answer arrives."""
-    return len(body) / 4 + 256
 
 
 class BackendScheduler:
@@ -132,7 +75,7 @@ class BackendScheduler:
         self._draining = False
         self._idle = asyncio.Event()
         self._errors = ErrorDigest(backend.name)
-        self._retries: list[tuple[float, int, Feed, _Request]] = []  # a heap by due time
+        self._retries: list[tuple[float, int, Feed, Request]] = []  # a heap by due time
         self._retry_order = itertools.count()
         self._last_probe = -1  # the `order` of the feed that sent the last probe
         self._opened_at = 0.0
@@ -231,7 +174,7 @@ class BackendScheduler:
                 feed.room.clear()
                 await feed.room.wait()
             request = parse_request(raw)
-            feed.ready.append(_Request(line_no, request.custom_id, request.body))
+            feed.ready.append(Request(line_no, request.custom_id, request.body))
             self._wake.set()
         feed.exhausted = True
         feed.check_finished()
@@ -285,7 +228,7 @@ class BackendScheduler:
     def _next_retry_in(self, now: float) -> float | None:
         return max(0.0, self._retries[0][0] - now) if self._retries else None
 
-    def _next(self) -> tuple[Feed, _Request] | float | None:
+    def _next(self) -> tuple[Feed, Request] | float | None:
         """Book the next request the limits allow now: the work, or how long until some may start
         (a float), or None when nothing can start until something changes."""
         if self._in_flight >= self.window.limit or self._draining:
@@ -339,7 +282,7 @@ class BackendScheduler:
         if self._tpm is not None:
             self._tpm.take(tokens, now)
 
-    async def _sender(self, feed: Feed, request: _Request) -> None:
+    async def _sender(self, feed: Feed, request: Request) -> None:
         """Send booked requests one after another, taking the next straight away while the limits
         allow, so a busy backend costs no task per request. The task belongs to the feed whose
         request it is sending (stopping that feed cancels it)."""
@@ -359,7 +302,7 @@ class BackendScheduler:
             if self._in_flight < self.window.limit:
                 self._wake.set()  # the window grew: the pump starts another sender
 
-    async def _send(self, feed: Feed, request: _Request) -> None:
+    async def _send(self, feed: Feed, request: Request) -> None:
         started = self._clock.now()
         try:
             answer = await self.backend.attempt(feed.endpoint, request.body)
@@ -381,7 +324,7 @@ class BackendScheduler:
         if self._in_flight == 0:
             self._idle.set()
 
-    def _after(self, feed: Feed, request: _Request, answer: Attempt) -> None:
+    def _after(self, feed: Feed, request: Request, answer: Attempt) -> None:
         now = self._clock.now()
         verdict = judge(answer)
         self.window.record(verdict.overload, request.sequence)
@@ -414,7 +357,7 @@ class BackendScheduler:
         feed.sink(row)
 
     def _retry_later(
-        self, feed: Feed, request: _Request, answer: Attempt, verdict: Judgement, now: float
+        self, feed: Feed, request: Request, answer: Attempt, verdict: Judgement, now: float
     ) -> Fate:
         """Queue a failed request for another attempt (engine/retry.py says whether and when)."""
         if not verdict.retry:

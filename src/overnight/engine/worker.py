@@ -19,13 +19,14 @@ from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
 from overnight.engine.digest import describe_failure
+from overnight.engine.feed import Feed, RateLimits
 from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import publish_result_files, register_result_files
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.scheduler import BackendScheduler, Feed, RateLimits
+from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
