@@ -165,8 +165,7 @@ def restart_mid_batch(
     assert seen.status == "in_progress"
     assert 0 < completed(seen) < total
     server.start()
-    log = server.log()
-    assert f"resuming 1 unfinished batch(es): {batch.id} (in_progress, " in log
+    log = server.wait_for_log(f"resuming 1 unfinished batch(es): {batch.id} (in_progress, ")
     assert f"data folder {server.data_dir.resolve()}" in log
     assert f"backend fake at {upstream.base_url} serves" in log
 

@@ -134,6 +134,15 @@ class OvernightServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
+        """The log once it contains `text` (the server writes some lines after it answers /health)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the server log after {timeout} s:\n{log[-2000:]}")
+            time.sleep(0.05)
+        return log
+
 
 @contextlib.contextmanager
 def running(server: OvernightServer) -> Iterator[OvernightServer]:
