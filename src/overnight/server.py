@@ -8,6 +8,7 @@ import fcntl
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from overnight.wiring import Runtime, log_startup, open_runtime
 
 log = logging.getLogger("overnight")
 CLEANUP_S = 10.0  # after the engine's own grace period
+ABANDONED_UPLOAD_S = 6 * 3600  # an upload still without its record after this long was abandoned
 
 
 @contextlib.contextmanager
@@ -41,6 +43,10 @@ async def _sweep_files(runtime: Runtime) -> None:
             removed = await runtime.files.sweep_expired()
             if removed:
                 log.info("expired files deleted count=%d", removed)
+            stale = int(time.time()) - ABANDONED_UPLOAD_S
+            abandoned = await runtime.files.sweep_abandoned_uploads(stale)
+            if abandoned:
+                log.info("deleted the content of %d upload(s) that never got a record", abandoned)
         except Exception:
             log.exception("file sweep failed")
         await asyncio.sleep(runtime.settings.file_sweep_interval_s)
@@ -73,6 +79,9 @@ async def serve(settings: Settings) -> None:
         discarded = await runtime.blobs.discard_unfinished()
         if discarded:
             log.info("discarded %d unfinished blob write(s) of an earlier run", discarded)
+        orphans = await runtime.files.sweep_abandoned_uploads(started_before=int(time.time()) + 1)
+        if orphans:
+            log.info("deleted the content of %d upload(s) an earlier run left without a record", orphans)
         app = create_app(
             runtime.files,
             runtime.batches,

@@ -130,8 +130,12 @@ def test_crash_during_upload_keeps_nothing_half_made(tmp_path: Path, upstream: F
         client = make_client(server.base_url)
         with pytest.raises(openai.APIConnectionError):
             upload(client, [chat_line("x")])
+        stored = tmp_path / "data" / "blobs" / "files"
+        assert len(list(stored.iterdir())) == 1  # the crash came after the content was stored
         restart_without_crash(server, tmp_path, upstream)
         assert list(client.files.list()) == []
+        assert list(stored.iterdir()) == []  # content without a record is swept at start
+        assert "left without a record" in server.log()
         file = upload(client, [chat_line("x")])
         batch = client.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"

@@ -164,6 +164,46 @@ def test_malformed_uploads_are_refused_with_openai_errors(server: OvernightServe
         assert error_shape(no_purpose, 400)["param"] == "purpose"
 
 
+def _stored_ids(server: OvernightServer) -> set[str]:
+    folder = server.data_dir / "blobs" / "files"
+    return {path.name for path in folder.iterdir()} if folder.exists() else set()
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param(  # a text field past 64 KiB after the content was stored
+            [
+                ("file", ("a.jsonl", b'{"x": 1}\n')),
+                ("purpose", (None, "batch")),
+                ("notes", (None, "n" * 70_000)),
+            ],
+            id="long-field-after-the-file",
+        ),
+        pytest.param(  # a second file part, read as a text field and far too long
+            [
+                ("purpose", (None, "batch")),
+                ("file", ("a.jsonl", b"{}\n")),
+                ("file", ("b.jsonl", b"x" * 70_000)),
+            ],
+            id="second-file-part",
+        ),
+        pytest.param(
+            [("purpose", (None, "nonsense")), ("file", ("a.jsonl", b"{}\n"))],
+            id="bad-purpose",
+        ),
+    ],
+)
+def test_a_refused_upload_keeps_no_content(server: OvernightServer, files: list[tuple[str, Any]]) -> None:
+    before = _stored_ids(server)
+    with httpx2.Client(timeout=30) as http:
+        answer = http.post(
+            f"{server.base_url}/files", headers={"Authorization": "Bearer test-key"}, files=files
+        )
+    error_shape(answer, 400)
+    assert _stored_ids(server) - before == set()
+
+
 def test_oversized_batch_input_is_refused_and_not_kept(
     client: OpenAI, server: OvernightServer, tmp_path: Path
 ) -> None:

@@ -83,6 +83,19 @@ async def test_file_round_trips_and_is_project_scoped(store: MetadataStore) -> N
     assert await store.get_file(PROJECT, "file-2") is None
 
 
+async def test_an_upload_is_abandoned_until_its_record_is_added(store: MetadataStore) -> None:
+    await store.begin_upload("file-up1", 100)
+    await store.begin_upload("file-up2", 200)
+    await store.begin_upload("file-up3", 300)
+    await store.begin_upload("file-up1", 150)  # again: harmless, the first start stands
+    assert await store.abandoned_uploads(started_before=250, limit=10) == ["file-up1", "file-up2"]
+    assert await store.abandoned_uploads(started_before=1000, limit=1) == ["file-up1"]
+    await store.add_file(a_file("file-up1"))  # the record ends the upload
+    await store.end_upload("file-up2")  # discarded
+    await store.end_upload("file-never")  # absent is fine
+    assert await store.abandoned_uploads(started_before=1000, limit=10) == ["file-up3"]
+
+
 async def test_list_files_filters_by_project_and_purpose(store: MetadataStore) -> None:
     for file in [a_file("file-1"), a_file("file-2", purpose="batch_output"), a_file("file-3", OTHER)]:
         await store.add_file(file)
@@ -421,7 +434,7 @@ async def test_sqlite_records_migrations_and_uses_wal(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2]
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
 

@@ -24,8 +24,9 @@ from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.worker import Engine
 from overnight.services.batches import BatchesService
-from overnight.services.files import FilesService, UploadForm
+from overnight.services.files import FilesService
 from overnight.store.sqlite import SqliteStore
+from support.uploads import form_parts
 
 PROJECT = "proj_engine"
 MODEL = "fake-chat"
@@ -147,11 +148,7 @@ class World:
     async def submit(self, custom_ids: list[str], window: str = "1h") -> Batch:
         content = b"".join(json.dumps(request_line(cid)).encode() + b"\n" for cid in custom_ids)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            yield content
-
-        staged = await self.files.stage(chunks(), "batch")
-        file = await self.files.create(PROJECT, staged, UploadForm("input.jsonl", "batch"))
+        file = await self.files.upload(PROJECT, form_parts(content, purpose="batch"))
         params = {"input_file_id": file.id, "endpoint": "/v1/chat/completions", "completion_window": window}
         return await self.batches.create(PROJECT, params)
 

@@ -14,8 +14,9 @@ from overnight.domain.clock import ManualClock
 from overnight.domain.errors import NotFound
 from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.models import Batch, BatchStatus, FileObject
-from overnight.services.files import FilesService, UploadForm
+from overnight.services.files import FilesService
 from overnight.store.sqlite import SqliteStore
+from support.uploads import form_parts
 
 PROJECT = "proj"
 HOUR = 3600
@@ -49,14 +50,13 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _upload(env: Env, purpose: str, *, seconds: int | None = None, name: str = "f.jsonl") -> FileObject:
-    staged = await env.files.stage(_chunks(b'{"x": 1}\n'), purpose)
-    form = UploadForm(
-        filename=name,
-        purpose=purpose,
-        expires_after_anchor=None if seconds is None else "created_at",
-        expires_after_seconds=None if seconds is None else str(seconds),
+    expiry = (
+        {}
+        if seconds is None
+        else {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(seconds)}
     )
-    return await env.files.create(PROJECT, staged, form)
+    parts = form_parts(b'{"x": 1}\n', filename=name, purpose=purpose, **expiry)
+    return await env.files.upload(PROJECT, parts)
 
 
 async def _present(env: Env, file: FileObject) -> tuple[bool, bool]:

@@ -11,13 +11,11 @@ from overnight.domain.errors import InvalidRequest
 from overnight.http.auth import project_of
 from overnight.http.params import choice_param, limit_param
 from overnight.http.wire import file_json, json_response, list_json
-from overnight.services.files import FilesService, StagedContent, UploadForm, size_limit, too_large
+from overnight.services.files import FilesService, FormPart
 
 FILES = web.AppKey("files", FilesService)
-_TEXT_FIELD_LIMIT = 64 * 1024
 _DRAIN_LIMIT = 2 * limits.MAX_FILE_BYTES
 _CHUNK = 256 * 1024
-_FORM_OVERHEAD = 1024 * 1024  # room for the other form fields and multipart boundaries
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -25,13 +23,12 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _text(part: BodyPartReader) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
-        data += chunk
-        if len(data) > _TEXT_FIELD_LIMIT:
-            raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
-    return data.decode("utf-8", errors="replace")
+async def _parts(request: web.Request) -> AsyncIterator[FormPart]:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidRequest("Nested multipart bodies are not supported.")
+        yield FormPart(part.name, part.filename, _part_chunks(part))
 
 
 async def _drain(request: web.Request) -> None:
@@ -41,48 +38,14 @@ async def _drain(request: web.Request) -> None:
         drained += len(chunk)
 
 
-async def _read_form(
-    request: web.Request, service: FilesService
-) -> tuple[dict[str, str], str, StagedContent]:
-    fields: dict[str, str] = {}
-    staged: StagedContent | None = None
-    filename = "upload"
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequest("Nested multipart bodies are not supported.")
-        if part.name == "file" and staged is None:
-            filename = part.filename or "upload"
-            purpose = fields.get("purpose")
-            declared = request.content_length
-            if declared is not None and declared > size_limit(purpose) + _FORM_OVERHEAD:
-                raise too_large(purpose)  # refused before a byte of it is stored
-            staged = await service.stage(_part_chunks(part), purpose)
-        elif part.name:
-            fields[part.name] = await _text(part)
-    if staged is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
-        )
-    return fields, filename, staged
-
-
 async def upload(request: web.Request) -> web.Response:
-    service = request.app[FILES]
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("Uploads must be sent as multipart/form-data.")
     try:
-        fields, filename, staged = await _read_form(request, service)
+        file = await request.app[FILES].upload(project_of(request), _parts(request), request.content_length)
     except InvalidRequest:
         await _drain(request)
         raise
-    form = UploadForm(
-        filename=filename,
-        purpose=fields.get("purpose"),
-        expires_after_anchor=fields.get("expires_after[anchor]"),
-        expires_after_seconds=fields.get("expires_after[seconds]"),
-    )
-    file = await service.create(project_of(request), staged, form)
     return json_response(file_json(file))
 
 

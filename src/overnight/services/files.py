@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import posixpath
 from collections.abc import AsyncIterable, AsyncIterator
@@ -17,6 +18,8 @@ from overnight.probes import NO_PROBE, Probe
 from overnight.store.base import MetadataStore, Order
 
 log = logging.getLogger("overnight.files")
+TEXT_FIELD_LIMIT = 64 * 1024
+FORM_OVERHEAD = 1024 * 1024  # room for the other form fields and multipart boundaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +31,29 @@ class StagedContent:
 
 
 @dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part of an upload's multipart form, as the HTTP layer hands it over."""
+
+    name: str | None
+    filename: str | None
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class UploadForm:
     filename: str
     purpose: str | None
     expires_after_anchor: str | None = None
     expires_after_seconds: str | None = None
+
+
+async def _text(part: FormPart) -> str:
+    data = bytearray()
+    async for chunk in part.chunks:
+        data += chunk
+        if len(data) > TEXT_FIELD_LIMIT:
+            raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
+    return data.decode("utf-8", errors="replace")
 
 
 def check_purpose(purpose: str | None) -> str:
@@ -99,31 +120,80 @@ class FilesService:
         self._ids = ids
         self._clock = clock
 
-    async def stage(self, chunks: AsyncIterable[bytes], purpose: str | None) -> StagedContent:
-        """Stream content to storage, refusing it once it passes the purpose's size limit."""
-        file_id = self._ids.file_id()
-        try:
-            size = await self._blobs.put(blob_key(file_id), chunks, max_bytes=size_limit(purpose))
-        except BlobTooLarge:
-            raise too_large(purpose) from None
-        return StagedContent(file_id, size)
+    async def upload(
+        self, project: str, parts: AsyncIterator[FormPart], declared_bytes: int | None = None
+    ) -> FileObject:
+        """The whole upload: read the form's parts, stream the file's content to storage, record it.
 
-    async def discard(self, staged: StagedContent) -> None:
-        await self._blobs.delete(blob_key(staged.file_id))
-
-    async def create(self, project: str, staged: StagedContent, form: UploadForm) -> FileObject:
-        """Record staged content as a file; on any invalid field the content is discarded."""
+        The content is staged under an upload record, so content that a crash leaves unrecorded is
+        found again by `sweep_abandoned_uploads`; any refusal (a bad field, a second file part, an
+        oversize body, a client gone) discards what was staged before the error leaves.
+        """
+        fields: dict[str, str] = {}
+        staged: StagedContent | None = None
+        filename = "upload"
         try:
+            async for part in parts:
+                if part.name == "file" and staged is None:
+                    filename = part.filename or "upload"
+                    purpose = fields.get("purpose")
+                    if declared_bytes is not None and declared_bytes > size_limit(purpose) + FORM_OVERHEAD:
+                        raise too_large(purpose)  # refused before a byte of it is stored
+                    staged = await self._stage(part.chunks, purpose)
+                elif part.name:
+                    fields[part.name] = await _text(part)
+            if staged is None:
+                raise InvalidRequest(
+                    "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+                )
+            form = UploadForm(
+                filename=filename,
+                purpose=fields.get("purpose"),
+                expires_after_anchor=fields.get("expires_after[anchor]"),
+                expires_after_seconds=fields.get("expires_after[seconds]"),
+            )
             file = self._describe(project, staged, form)
-        except InvalidRequest:
-            await self.discard(staged)
+            self._probe.reached("upload.stored")
+            await self._store.add_file(file)  # also ends the upload record
+        except BaseException:
+            if staged is not None:
+                await asyncio.shield(self._discard(staged.file_id))
             raise
-        self._probe.reached("upload.stored")
-        await self._store.add_file(file)
         log.info(
             "file uploaded id=%s project=%s purpose=%s bytes=%d", file.id, project, file.purpose, file.bytes
         )
         return file
+
+    async def _stage(self, chunks: AsyncIterable[bytes], purpose: str | None) -> StagedContent:
+        """Stream content to storage under an upload record, refusing it once it passes the
+        purpose's size limit."""
+        file_id = self._ids.file_id()
+        await self._store.begin_upload(file_id, int(self._clock.now()))
+        try:
+            size = await self._blobs.put(blob_key(file_id), chunks, max_bytes=size_limit(purpose))
+        except BlobTooLarge:
+            await self._store.end_upload(file_id)
+            raise too_large(purpose) from None
+        except BaseException:
+            await asyncio.shield(self._store.end_upload(file_id))
+            raise
+        return StagedContent(file_id, size)
+
+    async def _discard(self, file_id: str) -> None:
+        await self._blobs.delete(blob_key(file_id))
+        await self._store.end_upload(file_id)
+
+    async def sweep_abandoned_uploads(self, started_before: int, batch_size: int = 500) -> int:
+        """Delete the content of uploads begun before `started_before` that never got their record
+        (the process that took them died); returns how many went."""
+        removed = 0
+        while True:
+            abandoned = await self._store.abandoned_uploads(started_before, batch_size)
+            for file_id in abandoned:
+                await self._discard(file_id)
+            removed += len(abandoned)
+            if len(abandoned) < batch_size:
+                return removed
 
     def _describe(self, project: str, staged: StagedContent, form: UploadForm) -> FileObject:
         purpose = check_purpose(form.purpose)

@@ -19,7 +19,20 @@ class MetadataStore(Protocol):
 
     # -- files ---------------------------------------------------------------------------------
     async def add_file(self, file: FileObject) -> None:
-        """Store the record, replacing one with the same id (finalizing again rewrites its files)."""
+        """Store the record, replacing one with the same id (finalizing again rewrites its files), and
+        end its upload (see `begin_upload`) in the same transaction."""
+        ...
+
+    async def begin_upload(self, file_id: str, started_at: int) -> None:
+        """Note that content for `file_id` is being stored and has no record yet."""
+        ...
+
+    async def end_upload(self, file_id: str) -> None:
+        """Forget the upload of `file_id` (its content was discarded); absent is fine."""
+        ...
+
+    async def abandoned_uploads(self, started_before: int, limit: int) -> list[str]:
+        """Up to `limit` file ids of uploads begun before `started_before` that never got a record."""
         ...
 
     async def get_file(self, project: str, file_id: str) -> FileObject | None: ...

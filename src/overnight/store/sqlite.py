@@ -165,11 +165,29 @@ def _page(items: list[T], limit: int) -> Page[T]:
 def _add_file(conn: sqlite3.Connection, file: FileObject) -> None:
     values = tuple(getattr(file, name) for name in _FILE_COLUMNS)
     updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "id")
+    with _transaction(conn):
+        conn.execute(
+            f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({_placeholders(len(values))})"
+            f" ON CONFLICT (id) DO UPDATE SET {updates}",
+            values,
+        )
+        conn.execute("DELETE FROM uploads WHERE file_id = ?", (file.id,))
+
+
+def _begin_upload(conn: sqlite3.Connection, file_id: str, started_at: int) -> None:
     conn.execute(
-        f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({_placeholders(len(values))})"
-        f" ON CONFLICT (id) DO UPDATE SET {updates}",
-        values,
+        "INSERT INTO uploads (file_id, started_at) VALUES (?, ?) ON CONFLICT (file_id) DO NOTHING",
+        (file_id, started_at),
     )
+
+
+def _end_upload(conn: sqlite3.Connection, file_id: str) -> None:
+    conn.execute("DELETE FROM uploads WHERE file_id = ?", (file_id,))
+
+
+def _abandoned_uploads(conn: sqlite3.Connection, started_before: int, limit: int) -> list[str]:
+    sql = "SELECT file_id FROM uploads WHERE started_at < ? ORDER BY started_at, file_id LIMIT ?"
+    return [file_id for (file_id,) in conn.execute(sql, (started_before, max(limit, 0)))]
 
 
 def _get_file(conn: sqlite3.Connection, project: str, file_id: str) -> FileObject | None:
@@ -388,6 +406,15 @@ class SqliteStore:
     # -- files -----------------------------------------------------------------------------------
     async def add_file(self, file: FileObject) -> None:
         await self._call(_add_file, file)
+
+    async def begin_upload(self, file_id: str, started_at: int) -> None:
+        await self._call(_begin_upload, file_id, started_at)
+
+    async def end_upload(self, file_id: str) -> None:
+        await self._call(_end_upload, file_id)
+
+    async def abandoned_uploads(self, started_before: int, limit: int) -> list[str]:
+        return await self._call(_abandoned_uploads, started_before, limit)
 
     async def get_file(self, project: str, file_id: str) -> FileObject | None:
         return await self._call(_get_file, project, file_id)
