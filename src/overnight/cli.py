@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from overnight import __version__
-from overnight.config import ConfigError, Settings, load_settings
+from overnight.config import ConfigError, Secrets, Settings, load_secrets, load_settings
 from overnight.domain.limits import parse_window
 
 EXIT_CONFIG_ERROR = 2
@@ -74,20 +74,19 @@ def _errors_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
 
 
-async def _run_offline(settings: Settings, args: argparse.Namespace, timeout_s: float) -> int:
-    from overnight.backends.router import Router
+async def _run_offline(
+    settings: Settings, secrets: Secrets, args: argparse.Namespace, timeout_s: float
+) -> int:
     from overnight.offline import run_file
-    from overnight.wiring import build_backends, retry_policy
+    from overnight.wiring import build_offline
 
-    router = Router(build_backends(settings))
-    await router.start()
+    offline = build_offline(settings, secrets)
+    await offline.router.start()
     try:
         errors = args.errors or _errors_path(args.output)
-        return await run_file(
-            router, retry_policy(settings), args.input, args.output, errors, timeout_s=timeout_s
-        )
+        return await run_file(offline, args.input, args.output, errors, timeout_s=timeout_s)
     finally:
-        await router.close()
+        await offline.router.close()
 
 
 def _timeout(text: str) -> float:
@@ -101,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
+        secrets = load_secrets(settings)
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -109,12 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from overnight.server import serve
 
-            _run(serve(settings))
+            _run(serve(settings, secrets))
             return 0
         if not args.input.is_file():
             print(f"overnight: error: input file {str(args.input)!r} does not exist", file=sys.stderr)
             return EXIT_CONFIG_ERROR
-        code: int = _run(_run_offline(settings, args, _timeout(args.timeout)))
+        code: int = _run(_run_offline(settings, secrets, args, _timeout(args.timeout)))
         return code
     except ConfigError as error:
         print(f"overnight: error: {error}", file=sys.stderr)

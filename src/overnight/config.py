@@ -381,6 +381,30 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """What the settings name but never hold: keys read from the environment variables they name.
+    Never logged, and never shown by repr."""
+
+    upstream_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # backend name -> key
+
+
+def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> Secrets:
+    """Read each secret from the environment variable its setting names; a ConfigError naming the
+    setting when one is not set."""
+    environ = os.environ if environ is None else environ
+    keys: dict[str, str] = {}
+    for index, backend in enumerate(settings.all_backends()):
+        if not backend.api_key_env:
+            continue
+        key = environ.get(backend.api_key_env)
+        if not key:
+            where = "upstream_api_key_env" if backend.name == "upstream" else f"backends[{index}].api_key_env"
+            raise ConfigError(f"setting '{where}': environment variable {backend.api_key_env} is not set")
+        keys[backend.name] = key
+    return Secrets(upstream_keys=keys)
+
+
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Merge flags (None means 'not given'), OVERNIGHT_* variables, the config file and defaults."""
     environ = os.environ if environ is None else environ

@@ -13,7 +13,6 @@ import msgspec
 
 from overnight.backends.base import Attempt
 from overnight.backends.router import Router
-from overnight.domain.clock import SystemClock
 from overnight.domain.ids import request_line_id
 from overnight.domain.lines import split_lines
 from overnight.domain.models import ResultRow
@@ -21,8 +20,7 @@ from overnight.domain.results import BATCH_EXPIRED, not_run_row
 from overnight.domain.validation import BatchValidator, ValidationResult, is_blank, parse_request
 from overnight.engine.digest import describe_failure
 from overnight.engine.feed import Feed
-from overnight.engine.retry import RetryPolicy
-from overnight.engine.scheduler import BackendScheduler
+from overnight.wiring import Offline
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 1
@@ -129,8 +127,7 @@ async def _write_unfinished(
 
 
 async def run_file(
-    router: Router,
-    retry: RetryPolicy,
+    offline: Offline,
     input_path: Path,
     output_path: Path,
     errors_path: Path,
@@ -142,16 +139,16 @@ async def run_file(
     """Run every line of `input_path` within `timeout_s`; lines still unfinished then go to the
     errors file as `batch_expired`. Returns the exit status."""
     endpoint = await guess_endpoint(input_path)
-    result = await validate_file(input_path, endpoint, router)
+    result = await validate_file(input_path, endpoint, offline.router)
     if not result.ok:
         report_invalid(result, stream)
         return EXIT_INVALID_INPUT
-    backend = router.backend_for(result.model or "")
+    backend = offline.router.backend_for(result.model or "")
     assert backend is not None  # validation checked the model is served
-    clock = SystemClock()
+    clock = offline.clock
     with output_path.open("wb") as output, errors_path.open("wb") as errors:
         sink = _FileSink(output, errors)
-        scheduler = BackendScheduler(backend, clock, retry=retry)
+        scheduler = offline.scheduler(backend)
         feed = Feed(
             batch_id=_OFFLINE_BATCH,
             project="offline",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from overnight.config import ConfigError, Settings
+from overnight.config import ConfigError, Secrets, Settings
 from overnight.http.app import create_app
 from overnight.wiring import Runtime, log_startup, open_runtime
 
@@ -69,10 +69,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise ConfigError(f"setting 'port': cannot listen on {host}:{port}: {reason}") from None
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, secrets: Secrets) -> None:
     sock = listening_socket(settings.host, settings.port)
     with sock, exclusive_data_dir(settings.data_dir):
-        runtime = await open_runtime(settings)
+        runtime = await open_runtime(settings, secrets)
         log_startup(runtime)
         # This process holds the data folder's lock, so any lease in it belongs to a dead server.
         await runtime.store.release_all_leases()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,12 +14,13 @@ from overnight.backends.local.backend import KNOWN_MODELS, LocalBackend
 from overnight.backends.local.base import LocalModel
 from overnight.backends.router import Router
 from overnight.blobs.local import LocalBlobStore
-from overnight.config import ConfigError, Settings
+from overnight.config import ConfigError, Secrets, Settings
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
 from overnight.engine.feed import RateLimits
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.worker import Engine
+from overnight.engine.scheduler import BackendScheduler
+from overnight.engine.worker import Engine, EngineSettings
 from overnight.http.auth import Authenticator
 from overnight.probes import probe_for
 from overnight.services.batches import BatchesService
@@ -87,39 +86,52 @@ def build_local_backend(settings: Settings, models: list[LocalModel] | None = No
     return LocalBackend(models, aliases) if models else None
 
 
-def build_backends(
-    settings: Settings, environ: Mapping[str, str] | None = None, local: LocalBackend | None = None
-) -> list[Backend]:
+def build_backends(settings: Settings, secrets: Secrets, local: LocalBackend | None = None) -> list[Backend]:
     """The configured backends, the local models (if on), then `upstream` as a catch-all.
 
     `local` replaces the local backend built from settings (tests)."""
-    backends = _http_backends(settings, environ)
+    backends: list[Backend] = [
+        HttpBackend(
+            config, api_key=secrets.upstream_keys.get(config.name), timeout_s=settings.request_timeout_s
+        )
+        for config in settings.all_backends()
+    ]
     local = build_local_backend(settings) if local is None else local
     if local is not None:
         backends.insert(len(settings.backends), local)
     return backends
 
 
-def _http_backends(settings: Settings, environ: Mapping[str, str] | None) -> list[Backend]:
-    environ = os.environ if environ is None else environ
-    backends: list[Backend] = []
-    for index, config in enumerate(settings.all_backends()):
-        api_key = None
-        if config.api_key_env:
-            api_key = environ.get(config.api_key_env)
-            if not api_key:
-                where = (
-                    "upstream_api_key_env" if config.name == "upstream" else f"backends[{index}].api_key_env"
-                )
-                raise ConfigError(f"setting '{where}': environment variable {config.api_key_env} is not set")
-        backends.append(
-            HttpBackend(
-                config,
-                api_key=api_key,
-                timeout_s=settings.request_timeout_s,
-            )
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(
+        flush_interval_s=settings.result_flush_interval_s,
+        poll_interval_s=settings.worker_poll_interval_s,
+        retry=retry_policy(settings),
+        rates=rate_limits(settings),
+        shutdown_grace_s=settings.shutdown_grace_s,
+        lease_s=settings.lease_s,
+    )
+
+
+@dataclass
+class Offline:
+    """What `overnight run` needs: the backends, and a scheduler for the one a file runs on."""
+
+    router: Router
+    clock: Clock
+    settings: Settings
+
+    def scheduler(self, backend: Backend) -> BackendScheduler:
+        return BackendScheduler(
+            backend,
+            self.clock,
+            retry=retry_policy(self.settings),
+            rates=rate_limits(self.settings).get(backend.name),
         )
-    return backends
+
+
+def build_offline(settings: Settings, secrets: Secrets) -> Offline:
+    return Offline(Router(build_backends(settings, secrets)), SystemClock(), settings)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -180,28 +192,16 @@ class Runtime:
         await self.store.close()
 
 
-async def open_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
+async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> Runtime:
     clock = clock or SystemClock()
     probe = probe_for(settings.crash_at)
-    router = Router(build_backends(settings))
+    router = Router(build_backends(settings, secrets))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.data_dir / "overnight.db")
     await store.open()
     blobs = LocalBlobStore(settings.data_dir / "blobs")
     ids = IdGenerator(clock)
-    engine = Engine(
-        store,
-        blobs,
-        router,
-        clock,
-        flush_interval_s=settings.result_flush_interval_s,
-        poll_interval_s=settings.worker_poll_interval_s,
-        retry=retry_policy(settings),
-        rates=rate_limits(settings),
-        probe=probe,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        lease_s=settings.lease_s,
-    )
+    engine = Engine(store, blobs, router, clock, engine_settings(settings), probe=probe)
     await router.start()
     return Runtime(
         settings=settings,

@@ -22,7 +22,7 @@ from overnight.domain.clock import ManualClock
 from overnight.domain.ids import IdGenerator
 from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
 from overnight.engine.retry import RetryPolicy
-from overnight.engine.worker import Engine
+from overnight.engine.worker import Engine, EngineSettings
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService
 from overnight.store.sqlite import SqliteStore
@@ -130,11 +130,7 @@ class World:
     engines: list[Engine]
 
     def engine(self, backend: GatedBackend) -> Engine:
-        engine = Engine(
-            self.store,
-            self.blobs,
-            Router([backend]),
-            self.clock,
+        settings = EngineSettings(
             flush_interval_s=0.005,
             poll_interval_s=3600.0,  # never used: the tests call tick() themselves
             # Retries and the circuit breaker wait on the manual clock: retries are due at once, and
@@ -142,6 +138,7 @@ class World:
             retry=RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0),
             cleanup_delay_s=0,
         )
+        engine = Engine(self.store, self.blobs, Router([backend]), self.clock, settings)
         self.engines.append(engine)
         return engine
 

@@ -11,7 +11,7 @@ from overnight.backends.http import HttpBackend
 from overnight.backends.local.backend import LocalBackend
 from overnight.backends.local.base import LocalModel
 from overnight.backends.router import Router
-from overnight.config import BackendConfig, ConfigError, load_settings
+from overnight.config import BackendConfig, ConfigError, Secrets, load_settings
 from overnight.domain.clock import ManualClock
 from overnight.domain.errors import NotFound
 from overnight.services.models import ModelsService
@@ -95,9 +95,11 @@ def test_router_order_is_backends_then_local_then_upstream(tmp_path: Path) -> No
     toml = '[[backends]]\nname = "vllm"\nbase_url = "http://h:1/v1"\nmodels = ["llama*"]\n'
     settings = settings_from(tmp_path, toml, OVERNIGHT_UPSTREAM="http://h:2/v1")
     local = LocalBackend(MINILM)
-    names = [backend.name for backend in build_backends(settings, {}, local=local)]
+    names = [backend.name for backend in build_backends(settings, Secrets(), local=local)]
     assert names == ["vllm", "local", "upstream"]
-    assert [backend.name for backend in build_backends(load_settings({}, {}), {}, local=local)] == ["local"]
+    assert [backend.name for backend in build_backends(load_settings({}, {}), Secrets(), local=local)] == [
+        "local"
+    ]
 
 
 # -- GET /v1/models -------------------------------------------------------------------------------

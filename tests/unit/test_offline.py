@@ -6,11 +6,9 @@ import io
 import json
 from pathlib import Path
 
-from overnight.backends.http import HttpBackend
-from overnight.backends.router import Router
-from overnight.config import BackendConfig
-from overnight.engine.retry import RetryPolicy
+from overnight.config import Secrets, load_settings
 from overnight.offline import EXIT_ALL_SUCCEEDED, EXIT_SOME_FAILED, run_file
+from overnight.wiring import build_offline
 from support.fake_upstream import FakeUpstream
 
 
@@ -33,14 +31,21 @@ def write_input(path: Path, count: int, **fake: object) -> Path:
 
 
 async def run(tmp_path: Path, base_url: str, source: Path, timeout_s: float) -> tuple[int, str]:
-    config = BackendConfig(name="fake", base_url=base_url, models=("fake-*",), max_concurrency=4)
-    router = Router([HttpBackend(config, api_key=None, timeout_s=30)])
-    await router.start()
+    settings = load_settings(
+        {"upstream": base_url, "config": None},
+        {
+            "OVERNIGHT_LOCAL_MODELS": "false",
+            "OVERNIGHT_RETRY_BASE_DELAY_S": "0.01",
+            "OVERNIGHT_MAX_ATTEMPTS": "2",
+            "OVERNIGHT_UPSTREAM_MAX_CONCURRENCY": "1",  # 40 lines x 20 ms: progress lines are due
+        },
+    )
+    offline = build_offline(settings, Secrets())
+    await offline.router.start()
     stream = io.StringIO()
     try:
         code = await run_file(
-            router,
-            RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02),
+            offline,
             source,
             tmp_path / "out.jsonl",
             tmp_path / "out.errors.jsonl",
@@ -49,7 +54,7 @@ async def run(tmp_path: Path, base_url: str, source: Path, timeout_s: float) -> 
             stream=stream,
         )
     finally:
-        await router.close()
+        await offline.router.close()
     return code, stream.getvalue()
 
 

@@ -7,6 +7,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from overnight.backends.base import Attempt, Backend
 from overnight.backends.router import Router
@@ -39,6 +40,20 @@ _YIELD_EVERY = 2000
 CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine paces itself (wiring.engine_settings builds it from the settings)."""
+
+    flush_interval_s: float  # results are recorded in groups this often
+    poll_interval_s: float  # how often the store is looked at without a wake-up
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rates: Mapping[str, RateLimits] = field(default_factory=dict)  # by backend name
+    shutdown_grace_s: float = 0.0  # on shutdown, for requests in flight to answer
+    lease_s: int = 30  # a batch's lease, renewed at each poll
+    cleanup_delay_s: float = CLEANUP_DELAY_S  # after a batch ends, before its results are deleted
+    worker_id: str | None = None  # None: a fresh random id
+
+
 class Engine:
     def __init__(
         self,
@@ -46,36 +61,29 @@ class Engine:
         blobs: BlobStore,
         router: Router,
         clock: Clock,
+        settings: EngineSettings,
         *,
-        flush_interval_s: float,
-        poll_interval_s: float,
-        retry: RetryPolicy | None = None,
-        rates: Mapping[str, RateLimits] | None = None,
         metrics: EngineMetrics | None = None,
         probe: Probe = NO_PROBE,
-        shutdown_grace_s: float = 0.0,
-        worker_id: str | None = None,
-        lease_s: int = 30,
-        cleanup_delay_s: float = CLEANUP_DELAY_S,
     ) -> None:
-        self.worker_id = worker_id or f"worker-{secrets.token_hex(6)}"
-        self._lease_s = lease_s
+        self.worker_id = settings.worker_id or f"worker-{secrets.token_hex(6)}"
+        self._lease_s = settings.lease_s
         self._probe = probe
-        self._shutdown_grace = shutdown_grace_s
+        self._shutdown_grace = settings.shutdown_grace_s
         self._store = store
         self._blobs = blobs
         self._router = router
         self._clock = clock
-        self._flush_interval = flush_interval_s
-        self._poll_interval = poll_interval_s
+        self._flush_interval = settings.flush_interval_s
+        self._poll_interval = settings.poll_interval_s
         self._wake = asyncio.Event()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._spools: dict[str, ResultSpool] = {}
         self._last_failures: dict[str, dict[int, Attempt]] = {}  # of lines a stop left unfinished
-        self.janitor = Janitor(store, blobs, delay_s=cleanup_delay_s)
-        self._retry = retry or RetryPolicy()
-        self._rates = dict(rates or {})
+        self.janitor = Janitor(store, blobs, delay_s=settings.cleanup_delay_s)
+        self._retry = settings.retry
+        self._rates = dict(settings.rates)
         self.metrics = metrics or EngineMetrics()
         self._schedulers: dict[str, BackendScheduler] = {}
 
