@@ -27,8 +27,8 @@ async def failing_stream(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
     raise ConnectionResetError("the client went away")
 
 
-async def content(blobs: BlobStore, key: str, chunk_size: int = 1 << 20) -> bytes:
-    return b"".join([chunk async for chunk in blobs.read(key, chunk_size)])
+async def content(blobs: BlobStore, key: str, chunk_size: int = 1 << 20, start: int = 0) -> bytes:
+    return b"".join([chunk async for chunk in blobs.read(key, chunk_size, start=start)])
 
 
 async def test_put_returns_the_size_and_read_returns_the_bytes(blobs: BlobStore) -> None:
@@ -63,6 +63,23 @@ async def test_keys_are_independent(blobs: BlobStore) -> None:
     await blobs.delete("files/a")
     assert not await blobs.exists("files/a")
     assert await content(blobs, "files/b") == b"b"
+
+
+async def test_the_folders_of_a_key_are_no_blobs(blobs: BlobStore) -> None:
+    await blobs.put("a/b/c", stream([b"deep"]))
+    assert not await blobs.exists("a/b")
+    assert not await blobs.exists("a")
+    with pytest.raises(FileNotFoundError):
+        await content(blobs, "a/b")
+    await blobs.delete("a/b")
+    assert await content(blobs, "a/b/c") == b"deep"
+
+
+async def test_a_store_closed_and_opened_again_keeps_its_blobs(blobs: BlobStore) -> None:
+    await blobs.put("files/k", stream([b"kept"]))
+    await blobs.close()
+    await blobs.open()
+    assert await content(blobs, "files/k") == b"kept"
 
 
 async def test_missing_blobs(blobs: BlobStore) -> None:
@@ -120,6 +137,35 @@ async def test_a_cancelled_put_stores_nothing(blobs: BlobStore) -> None:
     assert not await blobs.exists("k")
 
 
+async def test_read_from_a_start_offset(blobs: BlobStore) -> None:
+    data = bytes(range(256)) * 40
+    await blobs.put("files/ranged", stream([data[:3000], data[3000:]]))
+    assert await content(blobs, "files/ranged", start=0) == data
+    chunks = [chunk async for chunk in blobs.read("files/ranged", 1000, start=4321)]
+    assert b"".join(chunks) == data[4321:]
+    assert all(0 < len(chunk) <= 1000 for chunk in chunks)
+    assert await content(blobs, "files/ranged", start=len(data) - 1) == data[-1:]
+
+
+async def test_read_from_the_end_is_empty(blobs: BlobStore) -> None:
+    await blobs.put("files/short", stream([b"0123456789"]))
+    assert await content(blobs, "files/short", start=10) == b""
+    assert await content(blobs, "files/short", start=11) == b""
+    await blobs.put("files/empty", stream([]))
+    assert await content(blobs, "files/empty", start=0) == b""
+
+
+async def test_read_from_a_start_offset_of_a_missing_blob(blobs: BlobStore) -> None:
+    with pytest.raises(FileNotFoundError):
+        await content(blobs, "files/none", start=5)
+
+
+async def test_a_negative_start_is_rejected(blobs: BlobStore) -> None:
+    await blobs.put("files/k", stream([b"data"]))
+    with pytest.raises(ValueError, match="start"):
+        await content(blobs, "files/k", start=-1)
+
+
 async def test_discarding_unfinished_writes_keeps_finished_blobs(blobs: BlobStore) -> None:
     await blobs.put("files/a", stream([b"kept"]))
     assert await blobs.discard_unfinished() == 0
@@ -139,11 +185,18 @@ async def test_read_lines_numbers_every_line(blobs: BlobStore) -> None:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(chunks=st.lists(st.binary(max_size=3_000), max_size=8), chunk_size=st.integers(1, 4_096))
-async def test_any_stream_round_trips(blobs: BlobStore, chunks: list[bytes], chunk_size: int) -> None:
+@given(
+    chunks=st.lists(st.binary(max_size=3_000), max_size=8),
+    chunk_size=st.integers(1, 4_096),
+    start=st.integers(0, 25_000),
+)
+async def test_any_stream_round_trips(
+    blobs: BlobStore, chunks: list[bytes], chunk_size: int, start: int
+) -> None:
     size = await blobs.put("prop/blob", stream(chunks))
     assert size == sum(map(len, chunks))
     assert await content(blobs, "prop/blob", chunk_size) == b"".join(chunks)
+    assert await content(blobs, "prop/blob", chunk_size, start=start) == b"".join(chunks)[start:]
 
 
 # -- local specifics -----------------------------------------------------------------------------

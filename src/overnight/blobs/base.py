@@ -12,14 +12,34 @@ class BlobTooLarge(Exception):
         self.limit = limit
 
 
+class BlobStoreUnavailable(ConnectionError):
+    """The store cannot be reached or refuses this process (network, credentials, missing bucket, server
+    errors). The message names the store (endpoint and bucket), never a key or a credential.
+    `transient` when it may answer later (unreachable, server errors) rather than a setting being wrong."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
 class BlobStore(Protocol):
+    async def open(self) -> None:
+        """Start what the store needs (a client, its connections) and check that it answers; raises
+        BlobStoreUnavailable if it does not. Call once before use."""
+        ...
+
+    async def close(self) -> None:
+        """Release what open() started. The store may be opened again afterwards."""
+        ...
+
     async def put(self, key: str, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> int:
         """Store the stream under `key` atomically and return its size. Raises BlobTooLarge, storing
         nothing, as soon as more than `max_bytes` arrive."""
         ...
 
-    def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """The content as a stream of chunks. Raises FileNotFoundError if absent."""
+    def read(self, key: str, chunk_size: int = 1 << 20, *, start: int = 0) -> AsyncIterator[bytes]:
+        """The content from byte `start` to the end as a stream of chunks of at most `chunk_size` bytes
+        (nothing when `start` is at or past the end). Raises FileNotFoundError, on iteration, if absent."""
         ...
 
     async def delete(self, key: str) -> None:

@@ -25,6 +25,12 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self._root = root
 
+    async def open(self) -> None:
+        """Nothing to start: every call opens what it needs."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
     def _path(self, key: str) -> Path:
         """The file for `key`; rejects keys that could leave the root or collide with temp files."""
         parts = key.split("/")
@@ -45,14 +51,22 @@ class LocalBlobStore:
             raise
         return size
 
-    async def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        source = await asyncio.to_thread(self._path(key).open, "rb")
+    async def read(self, key: str, chunk_size: int = 1 << 20, *, start: int = 0) -> AsyncIterator[bytes]:
+        if start < 0:
+            raise ValueError(f"negative start: {start}")
+        try:
+            source = await asyncio.to_thread(self._path(key).open, "rb")
+        except IsADirectoryError:  # a folder of other keys, not a blob
+            raise FileNotFoundError(f"no blob {key!r}") from None
         with source:
+            if start:
+                await asyncio.to_thread(source.seek, start)
             while chunk := await asyncio.to_thread(source.read, chunk_size):
                 yield chunk
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        with contextlib.suppress(IsADirectoryError):  # a folder of other keys: no blob to delete
+            await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)

@@ -1,0 +1,402 @@
+"""The metadata store on PostgreSQL (asyncpg): a connection pool, every statement in postgres_sql.
+
+Migrations (store/migrations_postgres) are applied on `open()` (and by `migrate()`) on one dedicated
+connection holding a session advisory lock, so processes that start together migrate once: the others
+wait for the lock and then find nothing left to do. The DSN may carry a password: it never appears in
+`repr()`, in the errors raised here or in log lines (`describe()` gives what may be shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import asyncpg
+
+from overnight.domain.clock import Clock, SystemClock
+from overnight.domain.lifecycle import TERMINAL
+from overnight.domain.models import (
+    Batch,
+    BatchError,
+    BatchStatus,
+    FileObject,
+    Page,
+    RequestCounts,
+    ResultKind,
+    ResultRow,
+    Usage,
+)
+from overnight.store import postgres_sql as sql
+from overnight.store import schema
+from overnight.store.base import Order
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_FOLDER = "migrations_postgres"
+RESULTS_PAGE = 5000
+DELETE_CHUNK = 5000  # rows per statement, so other calls are not stuck behind a big delete
+CONNECT_TIMEOUT_S = 10.0
+SERVER_SETTINGS = {"application_name": "overnight", "jit": "off"}  # short statements: JIT only costs
+_TERMINAL = sorted(status.value for status in TERMINAL)
+
+
+class PostgresUnavailable(ConnectionError):
+    """The database could not be reached or refused the connection (the message names no password).
+    `transient` when it may answer later (refused, timed out, reset) rather than a setting being wrong
+    (a host that does not resolve, a bad password, a database that does not exist)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# -- the DSN, shown without its secrets --------------------------------------------------------------
+
+
+def describe(dsn: str) -> str:
+    """`postgresql://user@host:port/database`: the DSN without its password or any other parameter."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        host = parts.hostname or ",".join(query.get("host", [])) or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://(unparsable DSN)"
+    user = f"{quote(unquote(parts.username))}@" if parts.username else ""
+    return f"{parts.scheme or 'postgresql'}://{user}{host}{port}{parts.path}"
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password or "", *parse_qs(parts.query).get("password", [])]
+    except ValueError:
+        found = [dsn]
+    return [secret for text in found if text for secret in {text, quote(text), unquote(text)}]
+
+
+def _scrubbed(text: str, dsn: str) -> str:
+    for secret in sorted(_secrets_of(dsn), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _unavailable(dsn: str, exc: BaseException) -> PostgresUnavailable:
+    reason = _scrubbed(f"{type(exc).__name__}: {exc}", dsn)
+    transient = isinstance(exc, OSError | TimeoutError) and not isinstance(exc, socket.gaierror)
+    transient = transient or isinstance(exc, asyncpg.CannotConnectNowError)  # the server is starting
+    return PostgresUnavailable(f"cannot use PostgreSQL at {describe(dsn)}: {reason}", transient=transient)
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise _unavailable(dsn, exc) from None
+
+
+# -- migrations ----------------------------------------------------------------------------------
+
+
+async def _apply_migrations(conn: asyncpg.Connection, dsn: str, now: int, upto: int | None) -> list[int]:
+    """Under the migration lock (held until `conn` closes), apply each missing version in its own
+    transaction, recorded in schema_migrations; a process that waited for the lock finds them done."""
+    migrations = schema.load_migrations(folder=MIGRATIONS_FOLDER)
+    await conn.fetchval(sql.LOCK_MIGRATIONS, sql.MIGRATION_LOCK_KEY)
+    if not await conn.fetchval(sql.SCHEMA_MIGRATIONS_EXISTS):  # so a role without CREATE may open
+        await conn.execute(schema.SCHEMA_MIGRATIONS_DDL)
+    applied = {row[0] for row in await conn.fetch(sql.APPLIED_VERSIONS)}
+    try:
+        schema.check_known(applied, migrations)
+    except schema.SchemaTooNew as exc:
+        raise schema.SchemaTooNew(f"PostgreSQL database {describe(dsn)}: {exc}") from None
+    done = []
+    for migration in migrations:
+        if migration.version in applied or (upto is not None and migration.version > upto):
+            continue
+        async with conn.transaction():
+            await conn.execute(migration.sql)  # no arguments: the whole script in one simple query
+            await conn.execute(sql.RECORD_MIGRATION, migration.version, now)
+        done.append(migration.version)
+        log.info("applied PostgreSQL migration %s to %s", migration.name, describe(dsn))
+    return done
+
+
+async def migrate(dsn: str, *, clock: Clock | None = None, upto: int | None = None) -> list[int]:
+    """Bring the database's schema up to date (or only up to version `upto`): the versions this call
+    applied, in order; none when it was current. Raises SchemaTooNew when the database has versions this
+    release does not know, PostgresUnavailable when it cannot connect."""
+    now = int((clock if clock is not None else SystemClock()).now())
+    conn = await _connect(dsn)
+    try:
+        return await _apply_migrations(conn, dsn, now, upto)
+    finally:
+        await conn.close()  # which releases the migration lock
+
+
+# -- rows <-> values -------------------------------------------------------------------------------
+
+
+def _file_from_row(row: asyncpg.Record) -> FileObject:
+    return FileObject(*row)
+
+
+def _batch_params(batch: Batch) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(batch, name) for name in sql.BATCH_PLAIN}
+    values["status"] = batch.status.value
+    values["metadata"] = None if batch.metadata is None else json.dumps(batch.metadata)
+    values["errors"] = json.dumps([dataclasses.asdict(error) for error in batch.errors])
+    values["total"] = batch.request_counts.total
+    values["completed"] = batch.request_counts.completed
+    values["failed"] = batch.request_counts.failed
+    values.update(dataclasses.asdict(batch.usage))
+    return values
+
+
+def _batch_from_row(row: asyncpg.Record) -> Batch:
+    values = dict(zip(sql.BATCH_COLUMNS, row, strict=True))
+    return Batch(
+        **{name: values[name] for name in sql.BATCH_PLAIN},
+        status=BatchStatus(values["status"]),
+        metadata=None if values["metadata"] is None else json.loads(values["metadata"]),
+        errors=tuple(BatchError(**error) for error in json.loads(values["errors"])),
+        request_counts=RequestCounts(values["total"], values["completed"], values["failed"]),
+        usage=Usage(
+            values["input_tokens"],
+            values["output_tokens"],
+            values["cached_tokens"],
+            values["reasoning_tokens"],
+        ),
+    )
+
+
+def _result_columns(rows: Sequence[ResultRow]) -> list[list[Any]]:
+    """One array per column, of the first row of each line, in line order (see RECORD_RESULTS)."""
+    first: dict[int, ResultRow] = {}
+    for row in rows:
+        first.setdefault(row.line_no, row)
+    ordered = [first[line_no] for line_no in sorted(first)]
+    return [
+        [row.line_no for row in ordered],
+        [row.kind.value for row in ordered],
+        [row.line for row in ordered],
+        [row.usage.input_tokens for row in ordered],
+        [row.usage.output_tokens for row in ordered],
+        [row.usage.cached_tokens for row in ordered],
+        [row.usage.reasoning_tokens for row in ordered],
+    ]
+
+
+def _changed(status: str) -> int:
+    """The row count of a command tag such as 'UPDATE 1' or 'DELETE 5000'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _page(items: list[T], limit: int) -> Page[T]:
+    return Page(items=items[:limit], has_more=len(items) > limit)
+
+
+def _values(statuses: Collection[BatchStatus]) -> list[str]:
+    return sorted({BatchStatus(status).value for status in statuses})
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Reset nothing when a connection goes back to the pool (asyncpg still rolls back an open
+    transaction): the store's statements never change session state (no SET, LISTEN, cursor or advisory
+    lock; the migration lock has a connection of its own), and the default reset query is one more round
+    trip per call, which halved get_batch's rate (bench/pgdriver.py)."""
+
+
+class PostgresStore:
+    """MetadataStore on one PostgreSQL database, through a pool of `min_size`..`max_size` connections."""
+
+    def __init__(
+        self, dsn: str, *, clock: Clock | None = None, min_size: int = 1, max_size: int = 10
+    ) -> None:
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError(f"need 0 <= min_size <= max_size and max_size >= 1, not {min_size}, {max_size}")
+        self._dsn = dsn
+        self._clock = clock if clock is not None else SystemClock()
+        self._min_size, self._max_size = min_size, max_size
+        self._pool: asyncpg.Pool | None = None
+        self._running: set[asyncio.Future[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({describe(self._dsn)!r})"
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise RuntimeError("the store is already open")
+        await migrate(self._dsn, clock=self._clock)
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings=SERVER_SETTINGS,
+                reset=_keep_session,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise _unavailable(self._dsn, exc) from None
+        self._pool = pool
+        log.info("PostgreSQL store open at %s", describe(self._dsn))
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None  # new calls fail at once; running ones finish first
+        if pool is None:
+            return
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        await pool.close()
+
+    async def _call(self, operation: Callable[[asyncpg.Pool], Awaitable[R]]) -> R:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the store is not open")
+        # Shielded: a caller cancelled mid-call must not take the statement with it, or a write it
+        # handed over (a group of results) would silently never happen.
+        job = asyncio.ensure_future(operation(pool))
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+        return await asyncio.shield(job)
+
+    async def _execute(self, query: str, *args: Any) -> int:
+        return _changed(await self._call(lambda pool: pool.execute(query, *args)))
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._call(lambda pool: pool.fetch(query, *args))
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._call(lambda pool: pool.fetchrow(query, *args))
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        return await self._call(lambda pool: pool.fetchval(query, *args))
+
+    # -- files -----------------------------------------------------------------------------------
+    async def add_file(self, file: FileObject) -> None:
+        await self._execute(sql.ADD_FILE, *(getattr(file, name) for name in sql.FILE_COLUMNS))
+
+    async def begin_upload(self, file_id: str, started_at: int) -> None:
+        await self._execute(sql.BEGIN_UPLOAD, file_id, started_at)
+
+    async def end_upload(self, file_id: str) -> None:
+        await self._execute(sql.END_UPLOAD, file_id)
+
+    async def abandoned_uploads(self, started_before: int, limit: int) -> list[str]:
+        return [row[0] for row in await self._fetch(sql.ABANDONED_UPLOADS, started_before, max(limit, 0))]
+
+    async def get_file(self, project: str, file_id: str) -> FileObject | None:
+        row = await self._fetchrow(sql.GET_FILE, file_id, project)
+        return None if row is None else _file_from_row(row)
+
+    async def list_files(
+        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+    ) -> Page[FileObject]:
+        query = sql.LIST_FILES[(purpose is not None, after is not None, order == "asc")]
+        args = [value for value in (purpose, after) if value is not None]
+        rows = await self._fetch(query, project, *args, max(limit, 0) + 1)
+        return _page([_file_from_row(row) for row in rows], limit)
+
+    async def delete_file(self, project: str, file_id: str) -> bool:
+        return await self._execute(sql.DELETE_FILE, file_id, project) > 0
+
+    async def files_expired_before(self, now: int, limit: int) -> list[FileObject]:
+        return [
+            _file_from_row(row) for row in await self._fetch(sql.FILES_EXPIRED_BEFORE, now, max(limit, 0))
+        ]
+
+    async def file_in_use(self, file_id: str) -> bool:
+        return bool(await self._fetchval(sql.FILE_IN_USE, file_id, _TERMINAL))
+
+    # -- batches ---------------------------------------------------------------------------------
+    async def add_batch(self, batch: Batch) -> None:
+        values = _batch_params(batch)
+        await self._execute(sql.ADD_BATCH, *(values[column] for column in sql.BATCH_COLUMNS))
+
+    async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
+        if project is None:
+            row = await self._fetchrow(sql.GET_BATCH, batch_id)
+        else:
+            row = await self._fetchrow(sql.GET_PROJECT_BATCH, batch_id, project)
+        return None if row is None else _batch_from_row(row)
+
+    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
+        if after is None:
+            rows = await self._fetch(sql.LIST_BATCHES, project, max(limit, 0) + 1)
+        else:
+            rows = await self._fetch(sql.LIST_BATCHES_AFTER, project, after, max(limit, 0) + 1)
+        return _page([_batch_from_row(row) for row in rows], limit)
+
+    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
+        statuses = _values(expected)
+        if not statuses:
+            return False
+        values = _batch_params(batch)
+        changes = (values[column] for column in sql.TRANSITION_COLUMNS)
+        return await self._execute(sql.TRANSITION_BATCH, batch.id, *changes, statuses) > 0
+
+    async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
+        wanted = _values(statuses)
+        if not wanted:
+            return []
+        return [_batch_from_row(row) for row in await self._fetch(sql.BATCHES_IN, wanted)]
+
+    async def count_batches(self) -> dict[BatchStatus, int]:
+        return {BatchStatus(status): count for status, count in await self._fetch(sql.COUNT_BATCHES)}
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def claim_batch(self, batch_id: str, worker: str, now: int, lease_s: int) -> bool:
+        return await self._execute(sql.CLAIM_BATCH, batch_id, worker, now, lease_s) > 0
+
+    async def release_batch(self, batch_id: str, worker: str) -> None:
+        await self._execute(sql.RELEASE_BATCH, batch_id, worker)
+
+    async def release_all_leases(self) -> None:
+        await self._execute(sql.RELEASE_ALL_LEASES)
+
+    # -- results ---------------------------------------------------------------------------------
+    async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
+        if not rows:
+            return 0
+        new: int = await self._fetchval(sql.RECORD_RESULTS, batch_id, *_result_columns(rows))
+        return new
+
+    async def finished_lines(self, batch_id: str) -> set[int]:
+        return {row[0] for row in await self._fetch(sql.FINISHED_LINES, batch_id)}
+
+    async def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
+        wanted = sorted({ResultKind(kind).value for kind in kinds})
+        if not wanted:
+            return
+        after_line = -1
+        while True:
+            rows = await self._fetch(sql.RESULT_LINES_PAGE, batch_id, after_line, wanted, RESULTS_PAGE)
+            if rows:
+                yield b"\n".join([row[1] for row in rows]) + b"\n"
+            if len(rows) < RESULTS_PAGE:
+                return
+            after_line = rows[-1][0]
+
+    async def delete_results(self, batch_id: str) -> None:
+        while await self._execute(sql.DELETE_SOME_RESULTS, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
+            pass
+
+    async def ended_batches_with_results(self, statuses: Collection[BatchStatus], limit: int) -> list[str]:
+        wanted = _values(statuses)
+        if not wanted:
+            return []
+        return [row[0] for row in await self._fetch(sql.ENDED_BATCHES_WITH_RESULTS, wanted, max(limit, 0))]

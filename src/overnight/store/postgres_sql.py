@@ -1,0 +1,167 @@
+"""Every SQL statement of the PostgreSQL store, in one place ($n placeholders, arrays for sets).
+
+Status changes are compare-and-sets (`... AND status = ANY($n)`), leases are conditional UPDATEs: under
+READ COMMITTED a second writer waits for the first and re-checks its WHERE clause on the row the first
+one left, so of two racing claims or transitions exactly one matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from overnight.domain.lifecycle import STAMP
+from overnight.domain.models import FileObject
+
+# A fixed key for pg_advisory_lock: every process that migrates one database takes this lock first.
+MIGRATION_LOCK_KEY = 0x6F7665726E69  # "overni"
+
+# -- schema --------------------------------------------------------------------------------------
+
+APPLIED_VERSIONS = "SELECT version FROM schema_migrations ORDER BY version"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)"
+LOCK_MIGRATIONS = "SELECT pg_advisory_lock($1)"  # a session lock: held until the connection closes
+SCHEMA_MIGRATIONS_EXISTS = "SELECT to_regclass('schema_migrations') IS NOT NULL"
+
+# -- files ---------------------------------------------------------------------------------------
+
+FILE_COLUMNS = tuple(field.name for field in dataclasses.fields(FileObject))
+_FILE_SELECT = f"SELECT {', '.join(FILE_COLUMNS)} FROM files"
+_FILE_UPDATES = ", ".join(f"{name} = excluded.{name}" for name in FILE_COLUMNS if name != "id")
+
+# One statement, so the record and the end of its upload commit together.
+ADD_FILE = (
+    "WITH ended AS (DELETE FROM uploads WHERE file_id = $1)"
+    f" INSERT INTO files ({', '.join(FILE_COLUMNS)})"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(FILE_COLUMNS) + 1))})"
+    f" ON CONFLICT (id) DO UPDATE SET {_FILE_UPDATES}"
+)
+BEGIN_UPLOAD = "INSERT INTO uploads (file_id, started_at) VALUES ($1, $2) ON CONFLICT (file_id) DO NOTHING"
+END_UPLOAD = "DELETE FROM uploads WHERE file_id = $1"
+ABANDONED_UPLOADS = "SELECT file_id FROM uploads WHERE started_at < $1 ORDER BY started_at, file_id LIMIT $2"
+GET_FILE = f"{_FILE_SELECT} WHERE id = $1 AND project = $2"
+DELETE_FILE = "DELETE FROM files WHERE id = $1 AND project = $2"
+FILES_EXPIRED_BEFORE = f"{_FILE_SELECT} WHERE expires_at <= $1 ORDER BY expires_at, id LIMIT $2"
+FILE_IN_USE = "SELECT EXISTS (SELECT 1 FROM batches WHERE input_file_id = $1 AND status <> ALL($2::text[]))"
+
+
+def list_files(*, purpose: bool, after: bool, ascending: bool) -> str:
+    """The page query: $1 project, then $2 purpose and/or the `after` id when given, then the limit."""
+    clauses, params = ["project = $1"], 1
+    if purpose:
+        params += 1
+        clauses.append(f"purpose = ${params}")
+    if after:
+        params += 1
+        clauses.append(f"id {'>' if ascending else '<'} ${params}")
+    direction = "ASC" if ascending else "DESC"
+    return f"{_FILE_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id {direction} LIMIT ${params + 1}"
+
+
+LIST_FILES = {
+    (purpose, after, ascending): list_files(purpose=purpose, after=after, ascending=ascending)
+    for purpose in (False, True)
+    for after in (False, True)
+    for ascending in (False, True)
+}
+
+# -- batches -------------------------------------------------------------------------------------
+
+STAMPS = tuple(STAMP.values())
+# Columns that hold a Batch field as it is.
+BATCH_PLAIN = (
+    *("id", "project", "endpoint", "input_file_id", "completion_window", "created_at", "expires_at"),
+    *("output_expires_after", "model", "output_file_id", "error_file_id", *STAMPS),
+)
+COUNTERS = ("completed", "failed", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+BATCH_COLUMNS = (*BATCH_PLAIN, "status", "metadata", "errors", "total", *COUNTERS)
+# What a transition may change: never the counters, which belong to record_results.
+TRANSITION_COLUMNS = ("status", "model", "errors", "output_file_id", "error_file_id", "total", *STAMPS)
+
+_BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
+ADD_BATCH = (
+    f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)})"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(BATCH_COLUMNS) + 1))})"
+)
+GET_BATCH = f"{_BATCH_SELECT} WHERE id = $1"
+GET_PROJECT_BATCH = f"{_BATCH_SELECT} WHERE id = $1 AND project = $2"
+LIST_BATCHES = f"{_BATCH_SELECT} WHERE project = $1 ORDER BY id DESC LIMIT $2"
+LIST_BATCHES_AFTER = f"{_BATCH_SELECT} WHERE project = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+# $1 id, $2.. the TRANSITION_COLUMNS, then the expected statuses as one array.
+TRANSITION_BATCH = (
+    "UPDATE batches SET "
+    + ", ".join(f"{column} = ${n}" for n, column in enumerate(TRANSITION_COLUMNS, start=2))
+    + f" WHERE id = $1 AND status = ANY(${len(TRANSITION_COLUMNS) + 2}::text[])"
+)
+BATCHES_IN = f"{_BATCH_SELECT} WHERE status = ANY($1::text[]) ORDER BY id"
+COUNT_BATCHES = "SELECT status, count(*) FROM batches GROUP BY status"
+ENDED_BATCHES_WITH_RESULTS = (
+    "SELECT id FROM batches WHERE status = ANY($1::text[])"
+    " AND EXISTS (SELECT 1 FROM results WHERE results.batch_id = batches.id) ORDER BY id LIMIT $2"
+)
+
+# -- leases --------------------------------------------------------------------------------------
+
+# $1 batch, $2 worker, $3 now, $4 lease seconds.
+CLAIM_BATCH = (
+    "UPDATE batches SET worker_id = $2, lease_expires_at = $3::bigint + $4::bigint WHERE id = $1"
+    " AND (worker_id IS NULL OR worker_id = $2 OR lease_expires_at <= $3::bigint)"
+)
+RELEASE_BATCH = (
+    "UPDATE batches SET worker_id = NULL, lease_expires_at = NULL WHERE id = $1 AND worker_id = $2"
+)
+RELEASE_ALL_LEASES = (
+    "UPDATE batches SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
+)
+
+# -- results -------------------------------------------------------------------------------------
+
+# $1 batch, then one array per column: line_no, kind, line, and the four token counts. The rows come
+# without duplicate lines and in line order (the same lock order in every transaction: no deadlock
+# between two groups that overlap). The INSERT's RETURNING holds only the rows that were new, so the
+# counters grow by exactly those, in the same statement; a group of nothing new touches no batch.
+RECORD_RESULTS = """
+WITH incoming AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::bigint[])
+        AS t (line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
+), new AS (
+    INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,
+                         reasoning_tokens)
+    SELECT $1, line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+    FROM incoming
+    ON CONFLICT (batch_id, line_no) DO NOTHING
+    RETURNING kind, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+), added AS (
+    SELECT count(*) AS rows,
+           count(*) FILTER (WHERE kind = 'succeeded') AS completed,
+           count(*) FILTER (WHERE kind = 'failed') AS failed,
+           coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+           coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
+           coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens,
+           coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens
+    FROM new
+), counted AS (
+    UPDATE batches SET
+        completed = batches.completed + added.completed,
+        failed = batches.failed + added.failed,
+        input_tokens = batches.input_tokens + added.input_tokens,
+        output_tokens = batches.output_tokens + added.output_tokens,
+        cached_tokens = batches.cached_tokens + added.cached_tokens,
+        reasoning_tokens = batches.reasoning_tokens + added.reasoning_tokens
+    FROM added
+    WHERE batches.id = $1 AND added.rows > 0
+)
+SELECT rows FROM added
+"""
+FINISHED_LINES = "SELECT line_no FROM results WHERE batch_id = $1"
+# One page of a result stream: the lines after line $2, in line order (keyset paging: no connection is held
+# between pages, however slowly the stream is read). Joining them in Python beat string_agg on the server
+# (bench/pgdriver.py).
+RESULT_LINES_PAGE = (
+    "SELECT line_no, line FROM results WHERE batch_id = $1 AND line_no > $2 AND kind = ANY($3::text[])"
+    " ORDER BY line_no LIMIT $4"
+)
+DELETE_SOME_RESULTS = (
+    "DELETE FROM results WHERE batch_id = $1 AND line_no IN"
+    " (SELECT line_no FROM results WHERE batch_id = $1 ORDER BY line_no LIMIT $2)"
+)
