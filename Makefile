@@ -41,8 +41,8 @@ serve: $(BIN)/overnight
 	$(BIN)/overnight serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy

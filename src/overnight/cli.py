@@ -13,9 +13,11 @@ from typing import Any
 from overnight import __version__
 from overnight.config import ConfigError, Secrets, Settings, load_secrets, load_settings
 from overnight.domain.limits import parse_window
+from overnight.store.schema import SchemaTooNew
 
 EXIT_CONFIG_ERROR = 2
 DEFAULT_RUN_TIMEOUT = "1h"
+QUIET_LOGGERS = ("botocore", "aiobotocore", "asyncpg")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,9 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (default 8000)")
     serve.add_argument(
-        "--data-dir", dest="data_dir", help="folder for the database and files (default ./data)"
+        "--no-worker", dest="no_worker", action="store_true", help="the API only: workers run elsewhere"
     )
-    _backend_flags(serve)
+    _common_flags(serve)
+
+    worker = commands.add_parser("worker", help="run the worker only (batches), no API")
+    worker.add_argument("--host", help="address of --metrics-port (default 127.0.0.1)")
+    worker.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, help="serve /metrics and /health on this port"
+    )
+    _common_flags(worker)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date, then exit")
+    _common_flags(migrate)
 
     run = commands.add_parser("run", help="validate and run a JSONL batch file without a server")
     run.add_argument("input", type=Path, help="batch input file (JSONL)")
@@ -43,12 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         help="give up on the lines still unfinished after this long, e.g. 90s, 30m, 24h (default "
         f"{DEFAULT_RUN_TIMEOUT}); they go to the errors file as batch_expired and the exit status is 1",
     )
-    _backend_flags(run)
+    _common_flags(run)
     return parser
 
 
-def _backend_flags(parser: argparse.ArgumentParser) -> None:
+def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file")
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="folder for the SQLite database and files (default ./data)"
+    )
     parser.add_argument(
         "--upstream",
         help="base URL of an OpenAI-compatible server for every model that neither a [[backends]] entry "
@@ -89,6 +104,12 @@ async def _run_offline(
         await offline.router.close()
 
 
+def _metrics_port(port: int | None) -> int | None:
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"--metrics-port: {port} is not a TCP port")
+    return port
+
+
 def _timeout(text: str) -> float:
     seconds = parse_window(text) if not text.isdigit() else int(text)
     if not seconds:
@@ -106,10 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
             stream=sys.stderr,
         )
-        if args.command == "serve":
-            from overnight.server import serve
+        for chatty in QUIET_LOGGERS:  # their debug lines show request headers (an S3 access key id)
+            logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+        if args.command in ("serve", "worker"):
+            from overnight.server import Roles, serve
 
-            _run(serve(settings, secrets))
+            if args.command == "serve":
+                roles = Roles(api=True, worker=not args.no_worker)
+            else:
+                roles = Roles(api=False, worker=True, metrics_port=_metrics_port(args.metrics_port))
+            _run(serve(settings, secrets, roles))
+            return 0
+        if args.command == "migrate":
+            from overnight.wiring import migrate
+
+            applied: list[int] = _run(migrate(settings))
+            print(f"overnight: schema up to date; applied {applied or 'nothing'}", file=sys.stderr)
             return 0
         if not args.input.is_file():
             print(f"overnight: error: input file {str(args.input)!r} does not exist", file=sys.stderr)
@@ -117,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = _run(_run_offline(settings, secrets, args, _timeout(args.timeout)))
         return code
     except ConfigError as error:
+        print(f"overnight: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except SchemaTooNew as error:
         print(f"overnight: error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

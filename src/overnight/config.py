@@ -54,11 +54,35 @@ class Settings:
         metadata=_help("Folder for the SQLite database and file contents; created if missing."),
     )
     config: Path | None = field(default=None, metadata=_help("TOML config file to read settings from."))
+    database_url: str | None = field(
+        default=None,
+        repr=False,  # it may hold a password
+        metadata=_help(
+            "PostgreSQL for metadata and coordination, `postgresql://user@host:5432/db`, shared by every "
+            "API server and worker. Unset: SQLite in `data_dir`, one server."
+        ),
+    )
+    blob_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "Object storage for file contents, `s3://bucket/prefix`; credentials come from "
+            "`AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Unset: `data_dir`/blobs."
+        ),
+    )
+    s3_endpoint_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "The S3 endpoint for `blob_url` (an S3-compatible server); default `AWS_ENDPOINT_URL`, else AWS."
+        ),
+    )
+    s3_region: str | None = field(
+        default=None, metadata=_help("The S3 region for `blob_url`; default `AWS_REGION`.")
+    )
     upstream: str | None = field(
         default=None,
         metadata=_help(
-            "Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8001/v1) that serves every "
-            "model the configured backends do not."
+            "Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8001/v1) for every model that "
+            "neither a `[[backends]]` entry nor a local model serves (those come first)."
         ),
     )
     upstream_api_key_env: str | None = field(
@@ -233,6 +257,30 @@ def _optional_url(name: str, value: Any) -> str | None:
     return None if value in (None, "") else _url(name, value)
 
 
+def _optional_database_url(name: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = _text(name, value)
+    parsed = urlparse(text)
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname or not parsed.path.strip("/"):
+        # the value may hold a password: the message shows only its scheme and where it points
+        shown = f"{parsed.scheme or '?'}://{parsed.hostname or '?'}"
+        raise ConfigError(
+            f"setting '{name}': expected postgresql://user@host:5432/database, got one like {shown}..."
+        )
+    return text
+
+
+def _optional_blob_url(name: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = _text(name, value)
+    parsed = urlparse(text)
+    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ConfigError(f"setting '{name}': {text!r} is not s3://bucket or s3://bucket/prefix")
+    return text.rstrip("/")
+
+
 def _log_level(name: str, value: Any) -> str:
     text = _text(name, value).lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -344,6 +392,10 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "port": _port,
     "data_dir": _path,
     "config": _optional_path,
+    "database_url": _optional_database_url,
+    "blob_url": _optional_blob_url,
+    "s3_endpoint_url": _optional_url,
+    "s3_region": _optional_text,
     "upstream": _optional_url,
     "upstream_api_key_env": _optional_text,
     "upstream_max_concurrency": _positive_int,
@@ -365,6 +417,8 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "model_aliases": _aliases,
 }
 FILE_ONLY = frozenset({"backends", "model_aliases"})
+S3_STANDARD_VARIABLES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_REGION"}
+S3_KEY_ID_VARIABLE, S3_SECRET_VARIABLE = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -387,6 +441,8 @@ class Secrets:
     Never logged, and never shown by repr."""
 
     upstream_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # backend name -> key
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
 
 
 def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> Secrets:
@@ -402,7 +458,11 @@ def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -
             where = "upstream_api_key_env" if backend.name == "upstream" else f"backends[{index}].api_key_env"
             raise ConfigError(f"setting '{where}': environment variable {backend.api_key_env} is not set")
         keys[backend.name] = key
-    return Secrets(upstream_keys=keys)
+    key_id, secret = environ.get(S3_KEY_ID_VARIABLE) or None, environ.get(S3_SECRET_VARIABLE) or None
+    if settings.blob_url is not None and (key_id is None) != (secret is None):
+        missing = S3_SECRET_VARIABLE if secret is None else S3_KEY_ID_VARIABLE
+        raise ConfigError(f"setting 'blob_url': environment variable {missing} is not set")
+    return Secrets(upstream_keys=keys, s3_access_key_id=key_id, s3_secret_access_key=secret)
 
 
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -418,5 +478,8 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = 
     config_path = _optional_path("config", config_value)
     from_file = _read_config_file(config_path) if config_path else {}
     merged: dict[str, Any] = {**from_file, **from_env, **given_flags}
+    for setting, standard in S3_STANDARD_VARIABLES.items():  # what every S3 client reads
+        if setting not in merged and environ.get(standard):
+            merged[setting] = environ[standard]
     values = {name: PARSERS[name](name, raw) for name, raw in merged.items()}
     return Settings(**values)

@@ -1,4 +1,4 @@
-"""`overnight serve`: the HTTP API and the in-process worker, until SIGINT/SIGTERM."""
+"""`overnight serve` and `overnight worker`: the HTTP API and/or the worker, until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from overnight import __version__
 from overnight.config import ConfigError, Secrets, Settings
-from overnight.http.app import create_app
+from overnight.http.app import create_app, create_probe_app
 from overnight.wiring import Runtime, log_startup, open_runtime
 
 log = logging.getLogger("overnight")
@@ -69,38 +71,88 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise ConfigError(f"setting 'port': cannot listen on {host}:{port}: {reason}") from None
 
 
-async def serve(settings: Settings, secrets: Secrets) -> None:
-    sock = listening_socket(settings.host, settings.port)
-    with sock, exclusive_data_dir(settings.data_dir):
+@dataclass(frozen=True)
+class Roles:
+    """What one process runs: the HTTP API (on settings.port), the worker (the engine and the file
+    sweep), and for a worker without the API, an optional port for /metrics and /health."""
+
+    api: bool = True
+    worker: bool = True
+    metrics_port: int | None = None
+
+    @property
+    def name(self) -> str:
+        return "+".join(role for role, on in (("api", self.api), ("worker", self.worker)) if on)
+
+
+@contextlib.contextmanager
+def _embedded_lock(settings: Settings) -> Iterator[bool]:
+    """On SQLite one server owns the data folder (True); on PostgreSQL any number share it (False)."""
+    if settings.database_url is not None:
+        yield False
+        return
+    with exclusive_data_dir(settings.data_dir):
+        yield True
+
+
+async def _recover_alone(runtime: Runtime) -> None:
+    """What a server that has proved it is the only one cleans up after a dead predecessor."""
+    await runtime.store.release_all_leases()
+    discarded = await runtime.blobs.discard_unfinished()
+    if discarded:
+        log.info("discarded %d unfinished blob write(s) of an earlier run", discarded)
+    orphans = await runtime.files.sweep_abandoned_uploads(started_before=int(time.time()) + 1)
+    if orphans:
+        log.info("deleted the content of %d upload(s) an earlier run left without a record", orphans)
+
+
+async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) -> None:
+    port = settings.port if roles.api else roles.metrics_port
+    sock = listening_socket(settings.host, port) if port is not None else None
+    with contextlib.ExitStack() as stack:
+        if sock is not None:
+            stack.enter_context(sock)
+        alone = stack.enter_context(_embedded_lock(settings))
         runtime = await open_runtime(settings, secrets)
+        log.info("Overnight %s starting: role=%s id=%s", __version__, roles.name, runtime.engine.worker_id)
         log_startup(runtime)
-        # This process holds the data folder's lock, so any lease in it belongs to a dead server.
-        await runtime.store.release_all_leases()
-        discarded = await runtime.blobs.discard_unfinished()
-        if discarded:
-            log.info("discarded %d unfinished blob write(s) of an earlier run", discarded)
-        orphans = await runtime.files.sweep_abandoned_uploads(started_before=int(time.time()) + 1)
-        if orphans:
-            log.info("deleted the content of %d upload(s) an earlier run left without a record", orphans)
+        if alone:
+            await _recover_alone(runtime)
+        runner = await _start_http(runtime, roles, sock) if sock is not None else None
+        tasks = []
+        if roles.worker:
+            tasks = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
+        try:
+            await _wait_for_signal()
+            log.info("shutting down")
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=settings.shutdown_grace_s + CLEANUP_S)
+            if runner is not None:
+                await runner.cleanup()
+            await runtime.close()
+
+
+async def _start_http(runtime: Runtime, roles: Roles, sock: socket.socket) -> web.AppRunner:
+    if roles.api:
         app = create_app(
             runtime.files,
             runtime.batches,
             runtime.authenticator,
             runtime.engine.metrics_text,
+            runtime.health,
             runtime.models,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
-        workers = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
-        log.info("Overnight listening on http://%s:%d/v1", settings.host, settings.port)
-        try:
-            await _wait_for_signal()
-            log.info("shutting down")
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.wait(workers, timeout=settings.shutdown_grace_s + CLEANUP_S)
-            await runner.cleanup()
-            await runtime.close()
+    else:
+        app = create_probe_app(runtime.engine.metrics_text, runtime.health)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    if roles.api:
+        log.info("Overnight listening on http://%s:%d/v1", host, port)
+    else:
+        log.info("metrics and health on http://%s:%d/metrics", host, port)
+    return runner

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,6 +15,7 @@ from overnight.backends.local import embeddings
 from overnight.backends.local.backend import KNOWN_MODELS, LocalBackend
 from overnight.backends.local.base import LocalModel
 from overnight.backends.router import Router
+from overnight.blobs.base import BlobStore
 from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Secrets, Settings
 from overnight.domain.clock import Clock, SystemClock
@@ -26,10 +29,14 @@ from overnight.probes import probe_for
 from overnight.services.batches import BatchesService
 from overnight.services.files import FilesService
 from overnight.services.models import ModelsService
+from overnight.store.base import MetadataStore
 from overnight.store.sqlite import SqliteStore
+from overnight.store.sqlite import migrate as sqlite_migrate
 
 log = logging.getLogger("overnight")
 CHAT_MODULE = "overnight.backends.local.chat"
+HEALTH_TIMEOUT_S = 2.0
+FIRST_RETRY_S, LAST_RETRY_S = 1.0, 30.0  # waiting for a store that does not answer at start
 
 
 def _chat_model() -> LocalModel | None:
@@ -164,9 +171,30 @@ def describe_backend(backend: Backend) -> str:
     return f"backend {backend.name}"
 
 
+def where_data_lives(settings: Settings) -> tuple[str, str]:
+    """The store and the blobs in words for a log line, never with a password or a key."""
+    if settings.database_url is None:
+        store = f"SQLite {(settings.data_dir / 'overnight.db').resolve()}"
+    else:
+        url = urlsplit(settings.database_url)
+        store = f"PostgreSQL {url.hostname}:{url.port or 5432}/{url.path.strip('/')}"
+    if settings.blob_url is None:
+        blobs = f"data folder {(settings.data_dir / 'blobs').resolve()}"
+    else:
+        endpoint = settings.s3_endpoint_url or "AWS"
+        blobs = f"{settings.blob_url} at {urlsplit(endpoint).netloc or endpoint}"
+    return store, blobs
+
+
 def log_startup(runtime: Runtime) -> None:
     settings = runtime.settings
-    log.info("data folder %s (database overnight.db, file contents in blobs/)", settings.data_dir.resolve())
+    store, blobs = where_data_lives(settings)
+    if settings.database_url is None and settings.blob_url is None:
+        log.info(
+            "data folder %s (database overnight.db, file contents in blobs/)", settings.data_dir.resolve()
+        )
+    else:
+        log.info("metadata in %s; file contents in %s", store, blobs)
     for backend in runtime.router.backends:
         log.info("%s", describe_backend(backend))
     if not runtime.router.backends:
@@ -178,8 +206,8 @@ def log_startup(runtime: Runtime) -> None:
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqliteStore
-    blobs: LocalBlobStore
+    store: MetadataStore
+    blobs: BlobStore
     router: Router
     files: FilesService
     batches: BatchesService
@@ -190,16 +218,97 @@ class Runtime:
     async def close(self) -> None:
         await self.router.close()
         await self.store.close()
+        await self.blobs.close()
+
+    async def health(self) -> dict[str, str]:
+        """Whether the store and the blobs answer now (what /health reports)."""
+        store, blobs = await asyncio.gather(
+            _answers(self.store.get_batch("batch_health_check")), _answers(self.blobs.exists("health/check"))
+        )
+        return {"store": store, "blobs": blobs}
+
+
+async def _answers(call: Awaitable[object]) -> str:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await call
+    except Exception as exc:  # the type only: a message may hold a host name or worse
+        return f"unavailable ({type(exc).__name__})"
+    return "ok"
+
+
+def build_store(settings: Settings, clock: Clock) -> MetadataStore:
+    """PostgreSQL when `database_url` is set, else SQLite in the data folder."""
+    if settings.database_url is not None:
+        from overnight.store.postgres import PostgresStore
+
+        return PostgresStore(settings.database_url, clock=clock)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(settings.data_dir / "overnight.db", clock=clock)
+
+
+def build_blobs(settings: Settings, secrets: Secrets) -> BlobStore:
+    """S3 when `blob_url` is set, else the data folder."""
+    if settings.blob_url is not None:
+        from overnight.blobs.s3 import S3BlobStore
+
+        url = urlsplit(settings.blob_url)
+        return S3BlobStore(
+            url.netloc,
+            url.path.strip("/"),
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=secrets.s3_access_key_id,
+            secret_access_key=secrets.s3_secret_access_key,
+        )
+    return LocalBlobStore(settings.data_dir / "blobs")
+
+
+async def migrate(settings: Settings) -> list[int]:
+    """Apply the store's missing migrations (`overnight migrate`); the versions applied."""
+    if settings.database_url is not None:
+        from overnight.store import postgres
+
+        return await postgres.migrate(settings.database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return await sqlite_migrate(settings.data_dir / "overnight.db", int(SystemClock().now()))
+
+
+async def open_patiently(open_: Callable[[], Awaitable[None]], setting: str, what: str) -> None:
+    """Open a store, waiting for it while it does not answer yet (logging each try); a ConfigError
+    naming the setting when it answers that the setting is wrong."""
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            await open_()
+            return
+        except (ConnectionError, OSError) as exc:
+            if not getattr(exc, "transient", False):
+                raise ConfigError(f"setting '{setting}': {exc}") from None
+            log.warning("%s does not answer (%s); trying again in %.0f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, LAST_RETRY_S)
+
+
+async def open_stores(settings: Settings, secrets: Secrets, clock: Clock) -> tuple[MetadataStore, BlobStore]:
+    """The store (migrated) and the blobs, open, once both answer."""
+    store_words, blob_words = where_data_lives(settings)
+    store = build_store(settings, clock)
+    await open_patiently(store.open, "database_url", f"the metadata store ({store_words})")
+    blobs = build_blobs(settings, secrets)
+    try:
+        await open_patiently(blobs.open, "blob_url", f"the blob store ({blob_words})")
+    except BaseException:
+        await store.close()
+        raise
+    return store, blobs
 
 
 async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> Runtime:
     clock = clock or SystemClock()
     probe = probe_for(settings.crash_at)
     router = Router(build_backends(settings, secrets))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.data_dir / "overnight.db")
-    await store.open()
-    blobs = LocalBlobStore(settings.data_dir / "blobs")
+    store, blobs = await open_stores(settings, secrets, clock)
     ids = IdGenerator(clock)
     engine = Engine(store, blobs, router, clock, engine_settings(settings), probe=probe)
     await router.start()

