@@ -227,3 +227,27 @@ async def test_local_large_blob_in_small_chunks(tmp_path: Path) -> None:
     data = bytes(range(256)) * 12_000  # about 3 MiB in 4 KiB pieces: crosses the write buffer
     assert await blobs.put("big", stream(data[i : i + 4096] for i in range(0, len(data), 4096))) == len(data)
     assert (tmp_path / "big").read_bytes() == data
+
+
+async def test_compose_joins_parts_in_order_and_removes_them(blobs: BlobStore) -> None:
+    await blobs.put("files/out.0", stream([b"a\n", b"b\n"]))
+    await blobs.put("files/out.2", stream([b"c\n"]))
+    size = await blobs.compose("files/out", ["files/out.0", "files/out.1", "files/out.2"])  # .1 is absent
+    assert size == 6
+    assert await content(blobs, "files/out") == b"a\nb\nc\n"
+    assert not await blobs.exists("files/out.0")
+    assert not await blobs.exists("files/out.2")
+
+
+async def test_compose_of_one_part_moves_it(blobs: BlobStore) -> None:
+    await blobs.put("files/old", stream([b"replaced"]))
+    await blobs.put("files/one.0", stream([b"x" * 1000]))
+    assert await blobs.compose("files/old", ["files/one.0"]) == 1000
+    assert await content(blobs, "files/old") == b"x" * 1000
+    assert not await blobs.exists("files/one.0")
+
+
+async def test_compose_of_nothing_stores_nothing(blobs: BlobStore) -> None:
+    await blobs.put("files/empty.0", stream([]))
+    assert await blobs.compose("files/none", ["files/empty.0", "files/absent.1"]) == 0
+    assert not await blobs.exists("files/none")

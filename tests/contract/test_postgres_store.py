@@ -98,7 +98,7 @@ async def versions_of(dsn: str) -> list[int]:
 
 
 async def test_migrate_applies_every_version_once(empty_dsn: str) -> None:
-    assert VERSIONS == [1, 2, 3]
+    assert VERSIONS == [1, 2, 3, 4]
     assert await migrate(empty_dsn) == VERSIONS
     assert await migrate(empty_dsn) == []
     assert await versions_of(empty_dsn) == VERSIONS
@@ -124,6 +124,7 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
         "files",
         "results",
         "schema_migrations",
+        "shards",
         "uploads",
     }
     async with opened(empty_dsn, 1) as (store,):

@@ -22,6 +22,7 @@ from overnight.domain.models import (
     RequestCounts,
     ResultKind,
     ResultRow,
+    Shard,
     Usage,
 )
 from overnight.store.base import MetadataStore, Order
@@ -434,7 +435,7 @@ async def test_sqlite_records_migrations_and_uses_wal(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3]
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
 
@@ -548,3 +549,95 @@ async def test_result_lines_stream_each_line_in_order_with_a_newline(store: Meta
     assert b"".join(chunks) == b"".join(line + b"\n" for line in expected)
     assert [chunk async for chunk in store.result_lines("batch_1", [])] == []
     assert [chunk async for chunk in store.result_lines("batch_none", kinds)] == []
+
+
+# -- shards ----------------------------------------------------------------------------------------
+
+
+def shards_for(batch_id: str, count: int = 3, per_shard: int = 10) -> list[Shard]:
+    return [
+        Shard(batch_id, n, 1 + n * per_shard, 1 + (n + 1) * per_shard, n * 100, count) for n in range(count)
+    ]
+
+
+async def test_shards_are_stored_once_and_listed_in_order(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1", status=S.IN_PROGRESS))
+    planned = shards_for("batch_1")
+    await store.add_shards(list(reversed(planned)))
+    await store.add_shards(planned)  # planned again after a crash: no change, no error
+    assert await store.shards_of("batch_1") == planned
+    assert await store.shards_of("batch_2") == []
+
+
+async def test_claims_take_each_shard_once_until_its_lease_runs_out(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1", status=S.IN_PROGRESS))
+    await store.add_shards(shards_for("batch_1", count=2))
+    first = await store.claim_shard("w1", now=100, lease_s=30)
+    second = await store.claim_shard("w2", now=100, lease_s=30)
+    assert first is not None
+    assert second is not None
+    assert {first.shard_no, second.shard_no} == {0, 1}
+    assert await store.claim_shard("w3", now=129, lease_s=30) is None  # both held
+    assert await store.renew_shard("batch_1", first.shard_no, "w1", now=129, lease_s=30)  # to 159
+    assert not await store.renew_shard("batch_1", first.shard_no, "w3", now=129, lease_s=30)
+    taken = await store.claim_shard("w3", now=130, lease_s=30)  # w2's ran out at 130
+    assert taken is not None
+    assert taken.shard_no == second.shard_no
+    assert not await store.renew_shard("batch_1", second.shard_no, "w2", now=131, lease_s=30)
+    assert not await store.finish_shard("batch_1", second.shard_no, "w2", part="w2-p")  # not its holder
+    assert await store.finish_shard("batch_1", second.shard_no, "w3", part="w3-p")
+    assert not await store.renew_shard("batch_1", second.shard_no, "w3", now=131, lease_s=30)  # done
+    assert await store.claim_shard("w4", now=200, lease_s=30) is not None  # w1's ran out: shard 0 again
+    assert await store.claim_shard("w4", now=200, lease_s=30) is None  # a done shard is never claimed
+    done = {shard.shard_no: (shard.done, shard.part) for shard in await store.shards_of("batch_1")}
+    assert done == {first.shard_no: (False, None), second.shard_no: (True, "w3-p")}
+
+
+async def test_only_shards_of_batches_in_progress_are_claimed(store: MetadataStore) -> None:
+    for batch_id, status in (("batch_1", S.VALIDATING), ("batch_2", S.CANCELLING), ("batch_3", S.FINALIZING)):
+        await store.add_batch(a_batch(batch_id, status=status))
+        await store.add_shards(shards_for(batch_id, count=1))
+    assert await store.claim_shard("w1", now=100, lease_s=30) is None
+    await store.add_batch(a_batch("batch_4", status=S.IN_PROGRESS))  # expires at 1_700_086_400
+    await store.add_shards(shards_for("batch_4", count=1))
+    assert await store.claim_shard("w1", now=1_700_086_400, lease_s=30) is None  # its window ended
+    assert await store.claim_shard("w1", now=1_700_086_399, lease_s=30) is not None
+
+
+async def test_claims_go_by_deadline_then_to_the_project_holding_fewest(store: MetadataStore) -> None:
+    late = dataclasses.replace(a_batch("batch_1", status=S.IN_PROGRESS), expires_at=1_700_200_000)
+    alpha = dataclasses.replace(a_batch("batch_2", status=S.IN_PROGRESS), expires_at=1_700_086_400)
+    beta = dataclasses.replace(a_batch("batch_3", OTHER, status=S.IN_PROGRESS), expires_at=1_700_086_410)
+    for batch in (late, alpha, beta):
+        await store.add_batch(batch)
+        await store.add_shards(shards_for(batch.id, count=2))
+    order = []
+    for _ in range(6):
+        shard = await store.claim_shard("w", now=100, lease_s=3600)
+        assert shard is not None
+        order.append(shard.batch_id)
+    # alpha and beta share a deadline minute: they alternate; the later batch comes last
+    assert order == ["batch_2", "batch_3", "batch_2", "batch_3", "batch_1", "batch_1"]
+
+
+async def test_released_shard_leases_can_be_taken_at_once(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1", status=S.IN_PROGRESS))
+    await store.add_shards(shards_for("batch_1", count=2))
+    first = await store.claim_shard("w1", now=100, lease_s=30)
+    assert first is not None
+    await store.release_shard("batch_1", first.shard_no, "w2")  # not the holder: nothing happens
+    await store.release_shard("batch_1", first.shard_no, "w1")
+    again = await store.claim_shard("w2", now=101, lease_s=30)
+    assert again is not None
+    assert again.shard_no == first.shard_no
+    assert await store.claim_shard("w3", now=101, lease_s=30) is not None
+    await store.release_all_leases()
+    assert await store.claim_shard("w4", now=101, lease_s=30) is not None
+
+
+async def test_results_can_be_read_by_line_range(store: MetadataStore) -> None:
+    await store.add_batch(a_batch("batch_1"))
+    await store.record_results("batch_1", [a_row(n) for n in range(1, 31)])
+    assert await store.finished_lines("batch_1", (11, 21)) == set(range(11, 21))
+    lines = b"".join([chunk async for chunk in store.result_lines("batch_1", [K.SUCCEEDED], (25, 40))])
+    assert lines == b"".join(b'{"line":%d}\n' % n for n in range(25, 31))

@@ -6,6 +6,7 @@ Every test drives `engine.tick()` itself and waits on conditions (events, store 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -129,7 +130,7 @@ class World:
     batches: BatchesService
     engines: list[Engine]
 
-    def engine(self, backend: GatedBackend) -> Engine:
+    def engine(self, backend: GatedBackend, **overrides: Any) -> Engine:
         settings = EngineSettings(
             flush_interval_s=0.005,
             poll_interval_s=3600.0,  # never used: the tests call tick() themselves
@@ -138,6 +139,7 @@ class World:
             retry=RetryPolicy(max_attempts=2, base_delay_s=0.0, max_delay_s=0.0),
             cleanup_delay_s=0,
         )
+        settings = dataclasses.replace(settings, **overrides)
         engine = Engine(self.store, self.blobs, Router([backend]), self.clock, settings)
         self.engines.append(engine)
         return engine
@@ -389,14 +391,18 @@ async def test_a_dead_workers_batch_is_taken_over_when_its_lease_runs_out(world:
     assert await world.store.claim_batch(created.id, "anyone", int(world.clock.now()), lease_s=30)  # released
 
 
-async def test_a_worker_that_lost_its_lease_stops_driving(world: World) -> None:
+async def test_a_worker_that_lost_its_leases_stops_driving(world: World) -> None:
     backend = GatedBackend(held={"x"})
     engine = world.engine(backend)
     created = await world.submit(["x"])
     await engine.tick()
     await backend.wait_for_calls(lambda calls: calls["x"] == 1)
-    world.clock.advance(31)  # the lease ran out and someone else took it
-    assert await world.store.claim_batch(created.id, "other-worker", int(world.clock.now()), lease_s=30)
+    world.clock.advance(31)  # the leases ran out and another worker took them
+    now = int(world.clock.now())
+    assert await world.store.claim_batch(created.id, "other-worker", now, lease_s=30)
+    taken = await world.store.claim_shard("other-worker", now, lease_s=30)
+    assert taken is not None
+    assert taken.batch_id == created.id
     await engine.tick()
     await asyncio.wait_for(engine.idle(), CONDITION_TIMEOUT_S)
     assert backend.cancelled == Counter(["x"])
@@ -457,3 +463,55 @@ async def test_the_sweep_cleans_up_what_an_earlier_run_left(world: World) -> Non
 
     await world.engine(backend).janitor.sweep()
     assert await world.store.finished_lines(created.id) == set()
+
+
+# -- one batch, many workers ------------------------------------------------------------------------
+
+
+async def test_two_workers_share_one_batch_by_shards(world: World) -> None:
+    names = [f"s{i:02d}" for i in range(20)]
+    backend = GatedBackend(max_concurrency=8)
+    first = world.engine(backend, worker_id="w1", lines_per_shard=5, max_shards=2)
+    second = world.engine(backend, worker_id="w2", lines_per_shard=5, max_shards=2)
+    created = await world.submit(names)
+    await first.tick()  # validates: 4 shards of 5 lines; w1 takes two at once
+    await second.tick()  # w2 takes the other two
+    await asyncio.wait_for(asyncio.gather(first.idle(), second.idle()), CONDITION_TIMEOUT_S)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (20, 0)
+    output = await world.lines(batch.output_file_id)
+    assert sorted(line["custom_id"] for line in output) == names  # each exactly once
+    assert backend.calls == Counter(names)
+    shards = await world.store.shards_of(created.id)
+    assert [(s.first_line, s.done) for s in shards] == [(1, True), (6, True), (11, True), (16, True)]
+    assert all(s.part is not None for s in shards)  # every part was spooled: the files were joined
+
+
+async def test_a_dead_workers_shard_is_taken_over_without_running_its_lines_again(world: World) -> None:
+    names = [f"t{i}" for i in range(6)]
+    backend = GatedBackend(held={"t4", "t5"})
+    dying = world.engine(backend, worker_id="dying")
+    created = await world.submit(names)
+    await dying.tick()
+    await world.wait_until(created.id, lambda b: b.request_counts.completed == 4)
+    await backend.wait_for_calls(lambda calls: calls["t4"] == 1 and calls["t5"] == 1)
+    await dying.shutdown()
+    world.engines.remove(dying)
+    now = int(world.clock.now())  # a kill -9 gives nothing back: hold its leases again, until now + 30
+    assert await world.store.claim_batch(created.id, "dying", now, lease_s=30)
+    assert await world.store.claim_shard("dying", now, lease_s=30) is not None
+    world.clock.advance(31)
+    backend.release()
+    heir = world.engine(backend, worker_id="heir")
+    await settle(heir, heir.tick, heir.tick)
+
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert ids_of(await world.lines(batch.output_file_id)) == sorted(names)
+    assert backend.calls == Counter(
+        {**dict.fromkeys(names[:4], 1), "t4": 2, "t5": 2}
+    )  # only what was in flight
+    (shard,) = await world.store.shards_of(created.id)
+    assert shard.part is None  # the heir started with results: the file came from the store

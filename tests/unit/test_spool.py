@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 
 from overnight.blobs.local import TEMP_PREFIX, LocalBlobStore
-from overnight.domain.ids import blob_key, error_file_id, output_file_id
+from overnight.domain.ids import error_file_id, output_file_id, part_key
 from overnight.domain.models import Batch, BatchStatus, ResultKind, ResultRow
 from overnight.engine.recorder import ResultRecorder
 from overnight.engine.spool import QUEUED_CHUNKS, ResultSpool
@@ -17,6 +17,7 @@ from overnight.store.sqlite import SqliteStore
 BATCH = "batch_spool"
 OUTPUT = output_file_id(BATCH)
 ERRORS = error_file_id(BATCH)
+PART = "0-test"
 
 
 def row(line_no: int, kind: ResultKind = ResultKind.SUCCEEDED) -> ResultRow:
@@ -24,7 +25,7 @@ def row(line_no: int, kind: ResultKind = ResultKind.SUCCEEDED) -> ResultRow:
 
 
 async def content(blobs: LocalBlobStore, file_id: str) -> bytes:
-    return b"".join([chunk async for chunk in blobs.read(blob_key(file_id))])
+    return b"".join([chunk async for chunk in blobs.read(part_key(file_id, PART))])
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -33,7 +34,7 @@ def temp_files(root: Path) -> list[Path]:
 
 async def test_rows_land_in_their_file_in_the_order_recorded(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
-    spool = ResultSpool(blobs, BATCH)
+    spool = ResultSpool(blobs, BATCH, PART)
     first = [row(3), row(1, ResultKind.FAILED), row(2)]
     second = [row(5, ResultKind.NOT_RUN), row(4)]
     await spool.add(first, recorded=3)
@@ -53,34 +54,34 @@ async def test_rows_land_in_their_file_in_the_order_recorded(tmp_path: Path) -> 
 
 async def test_a_file_without_rows_is_not_written(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
-    spool = ResultSpool(blobs, BATCH)
+    spool = ResultSpool(blobs, BATCH, PART)
     await spool.add([row(1), row(2)], recorded=2)
     assert list(await spool.finish() or {}) == [OUTPUT]
-    assert not await blobs.exists(blob_key(ERRORS))
-    assert await ResultSpool(blobs, "batch_empty").finish() == {}
+    assert not await blobs.exists(part_key(ERRORS, PART))
+    assert await ResultSpool(blobs, "batch_empty", PART).finish() == {}
 
 
 async def test_rows_the_store_already_had_make_it_give_up_and_leave_nothing(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
-    spool = ResultSpool(blobs, BATCH)
+    spool = ResultSpool(blobs, BATCH, PART)
     await spool.add([row(1), row(2, ResultKind.FAILED)], recorded=2)
     await spool.add([row(3), row(1)], recorded=1)  # line 1 was recorded before: by another worker
     assert not spool.usable
     await spool.add([row(4)], recorded=1)  # ignored from now on
 
     assert await spool.finish() is None
-    assert not await blobs.exists(blob_key(OUTPUT))
-    assert not await blobs.exists(blob_key(ERRORS))
+    assert not await blobs.exists(part_key(OUTPUT, PART))
+    assert not await blobs.exists(part_key(ERRORS, PART))
     assert temp_files(tmp_path) == []
 
 
 async def test_discard_removes_the_unfinished_files(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
-    spool = ResultSpool(blobs, BATCH)
+    spool = ResultSpool(blobs, BATCH, PART)
     await spool.add([row(1), row(2, ResultKind.FAILED)], recorded=2)
     await spool.discard()
     assert temp_files(tmp_path) == []
-    assert not await blobs.exists(blob_key(OUTPUT))
+    assert not await blobs.exists(part_key(OUTPUT, PART))
 
 
 class FailingBlobs(LocalBlobStore):
@@ -104,14 +105,14 @@ class FailingBlobs(LocalBlobStore):
 
 async def test_a_failing_blob_store_makes_it_give_up(tmp_path: Path) -> None:
     blobs = FailingBlobs(tmp_path, good_chunks=1)
-    spool = ResultSpool(blobs, BATCH)
+    spool = ResultSpool(blobs, BATCH, PART)
     for line_no in range(1, QUEUED_CHUNKS + 10):  # enough to see the failure even through the queue
         await spool.add([row(line_no)], recorded=1)
         if not spool.usable:
             break
     assert await spool.finish() is None
     assert temp_files(tmp_path) == []
-    assert not await blobs.exists(blob_key(OUTPUT))
+    assert not await blobs.exists(part_key(OUTPUT, PART))
 
 
 class SlowStore(SqliteStore):
@@ -136,7 +137,7 @@ async def test_leaving_the_recorder_waits_for_a_flush_under_way(tmp_path: Path) 
             Batch(BATCH, "proj", "/v1/chat/completions", "file-in", "24h", BatchStatus.IN_PROGRESS, 1, 2)
         )
         blobs = LocalBlobStore(tmp_path / "blobs")
-        spool = ResultSpool(blobs, BATCH)
+        spool = ResultSpool(blobs, BATCH, PART)
         recorder = ResultRecorder(store, BATCH, interval_s=0.001, spool=spool)
         await recorder.__aenter__()
         recorder.add(row(1))

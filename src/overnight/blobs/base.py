@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Protocol
 
 
@@ -40,6 +40,12 @@ class BlobStore(Protocol):
     def read(self, key: str, chunk_size: int = 1 << 20, *, start: int = 0) -> AsyncIterator[bytes]:
         """The content from byte `start` to the end as a stream of chunks of at most `chunk_size` bytes
         (nothing when `start` is at or past the end). Raises FileNotFoundError, on iteration, if absent."""
+        ...
+
+    async def compose(self, key: str, parts: Sequence[str]) -> int:
+        """Store the concatenation of the blobs `parts` (in order; absent ones count as empty) under
+        `key` atomically, remove the parts, and return the size; with no content at all, store
+        nothing. One part is moved, not copied, where the store can (a rename, a server-side copy)."""
         ...
 
     async def delete(self, key: str) -> None:

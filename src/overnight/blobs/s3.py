@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -221,6 +221,43 @@ class S3BlobStore:
                 if not chunk:
                     return
                 yield chunk
+
+    async def compose(self, key: str, parts: Sequence[str]) -> int:
+        name = self._name(key)
+        s3 = await self._s3()
+        sizes = {part: await self._size(s3, part) for part in parts}
+        present = [part for part, size in sizes.items() if size is not None]
+        if len(present) == 1 and sizes[present[0]]:  # a server-side copy: no byte through this process
+            with self._errors():
+                await s3.copy_object(
+                    Bucket=self._bucket,
+                    Key=name,
+                    CopySource={"Bucket": self._bucket, "Key": self._name(present[0])},
+                )
+            size = sizes[present[0]] or 0
+        else:
+            size = await self.put(key, self._concatenated(present)) if present else 0
+        for part in present:
+            await self.delete(part)
+        if size == 0:
+            await self.delete(key)
+        return size
+
+    async def _size(self, s3: S3Client, key: str) -> int | None:
+        try:
+            with self._errors():
+                head = await s3.head_object(Bucket=self._bucket, Key=self._name(key))
+        except _Absent:
+            return None
+        return int(head.get("ContentLength", 0))
+
+    async def _concatenated(self, keys: Sequence[str]) -> AsyncIterator[bytes]:
+        for key in keys:
+            try:
+                async for chunk in self.read(key):
+                    yield chunk
+            except FileNotFoundError:
+                continue
 
     async def delete(self, key: str) -> None:
         name = self._name(key)

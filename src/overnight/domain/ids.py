@@ -43,6 +43,11 @@ def blob_key(file_id: str) -> str:
     return f"files/{file_id}"
 
 
+def part_key(file_id: str, part: str) -> str:
+    """Where one shard's part of a result file is kept until the file is composed from its parts."""
+    return f"files/{file_id}.{part}"
+
+
 def output_file_id(batch_id: str) -> str:
     """A batch's output file: stable per batch, so finalizing again after a crash rewrites the same file."""
     return f"{FILE_PREFIX}{batch_id.removeprefix(BATCH_PREFIX)}o"

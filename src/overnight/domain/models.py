@@ -122,3 +122,23 @@ class Page(Generic[T]):
 
     items: list[T]
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A range of a batch's input lines that one worker runs at a time, under a lease.
+
+    Lines `first_line` (1-based) up to, not including, `end_line`; `start_offset` is the byte where
+    `first_line` starts in the input file, so a worker reads only its range. `count` is how many shards
+    the batch has. `part`, once done: the name of its result part files when they hold exactly its
+    recorded rows (None: its lines are read from the recorded results).
+    """
+
+    batch_id: str
+    shard_no: int
+    first_line: int
+    end_line: int
+    start_offset: int
+    count: int
+    done: bool = False
+    part: str | None = None

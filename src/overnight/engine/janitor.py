@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from overnight.blobs.base import BlobStore
-from overnight.domain.ids import blob_key
+from overnight.domain.ids import blob_key, error_file_id, output_file_id, part_key
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import Batch
 from overnight.store.base import MetadataStore
@@ -56,6 +56,10 @@ class Janitor:
         """Forget the batch's results; remove its input's content if the file was deleted meanwhile and
         no other live batch reads it."""
         await self._store.delete_results(batch.id)
+        for shard in await self._store.shards_of(batch.id):  # parts a run finished after the batch ended
+            if shard.part is not None:
+                for file_id in (output_file_id(batch.id), error_file_id(batch.id)):
+                    await self._blobs.delete(part_key(file_id, shard.part))
         input_id = batch.input_file_id
         deleted = await self._store.get_file(batch.project, input_id) is None
         if deleted and not await self._store.file_in_use(input_id):

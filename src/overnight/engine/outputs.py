@@ -3,12 +3,12 @@ and registering them as File objects."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from overnight.blobs.base import BlobStore
 from overnight.domain import limits
-from overnight.domain.ids import blob_key, error_file_id, output_file_id
-from overnight.domain.models import Batch, FileObject, ResultKind
+from overnight.domain.ids import blob_key, error_file_id, output_file_id, part_key
+from overnight.domain.models import Batch, FileObject, ResultKind, Shard
 from overnight.store.base import MetadataStore
 
 OUTPUT_KINDS = (ResultKind.SUCCEEDED,)
@@ -43,6 +43,28 @@ async def register_result_files(
         output_id if sizes.get(output_id) else None,
         error_id if sizes.get(error_id) else None,
     )
+
+
+async def compose_result_files(
+    store: MetadataStore, blobs: BlobStore, batch: Batch, now: int, shards: Sequence[Shard]
+) -> tuple[str | None, str | None]:
+    """Join the shards' parts into the output and error files and register them; a shard without
+    parts (run again after a crash, or taken over), or whose part is gone (a finalization that a crash
+    interrupted already moved it), contributes its recorded rows instead, so nothing funnels through
+    this process but those. One shard's part is moved into place, not copied."""
+    sizes: dict[str, int] = {}
+    for file_id, kinds in ((output_file_id(batch.id), OUTPUT_KINDS), (error_file_id(batch.id), ERROR_KINDS)):
+        parts = []
+        for shard in shards:
+            if shard.part is not None and await blobs.exists(part_key(file_id, shard.part)):
+                parts.append(part_key(file_id, shard.part))
+                continue
+            rebuilt = part_key(file_id, f"{shard.shard_no}-store")
+            lines = (shard.first_line, shard.end_line)
+            await blobs.put(rebuilt, store.result_lines(batch.id, kinds, lines))
+            parts.append(rebuilt)
+        sizes[file_id] = await blobs.compose(blob_key(file_id), parts)
+    return await register_result_files(store, batch, now, sizes)
 
 
 async def publish_result_files(

@@ -1,4 +1,5 @@
-"""Writing a batch's output and error files while it runs, so that finishing it costs a rename.
+"""Writing one shard's part of a batch's output and error files while it runs, so that finishing the
+batch costs a rename (one shard) or a join of the parts (several).
 
 The store stays the one record of every result. The spool only copies rows the store has just recorded
 for the first time, in the order they were recorded (OpenAI does not promise the input's order either).
@@ -15,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from overnight.blobs.base import BlobStore
-from overnight.domain.ids import blob_key, error_file_id, output_file_id
+from overnight.domain.ids import error_file_id, output_file_id, part_key
 from overnight.domain.models import ResultRow
 from overnight.engine.outputs import ERROR_KINDS, OUTPUT_KINDS
 from overnight.store.base import MetadataStore
@@ -70,18 +71,21 @@ class _LiveBlob:
 
 
 class ResultSpool:
-    """The output and error files of one batch, written as its results are recorded."""
+    """One shard's part of a batch's output and error files, written as its results are recorded.
+    `part` names the part files (engine: the shard's number and a token of this run, so a worker that
+    lost the shard never overwrites the parts of the one that took it over)."""
 
-    def __init__(self, blobs: BlobStore, batch_id: str) -> None:
+    def __init__(self, blobs: BlobStore, batch_id: str, part: str) -> None:
         self._blobs = blobs
         self._batch_id = batch_id
+        self.part = part
         self._files: dict[str, _LiveBlob] = {}  # file id -> its blob; a file starts with its first row
         self.usable = True
 
     def _file(self, file_id: str) -> _LiveBlob:
         live = self._files.get(file_id)
         if live is None:
-            live = self._files[file_id] = _LiveBlob(self._blobs, blob_key(file_id))
+            live = self._files[file_id] = _LiveBlob(self._blobs, part_key(file_id, self.part))
         return live
 
     async def add(self, rows: Sequence[ResultRow], recorded: int) -> None:

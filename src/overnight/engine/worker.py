@@ -1,4 +1,4 @@
-"""The in-process worker that drives every batch that is not finished through its lifecycle."""
+"""The worker: it leads batches through their lifecycle and runs shards of them (see Engine)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ from overnight.domain.clock import Clock
 from overnight.domain.ids import blob_key, request_line_id
 from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.lines import split_line_groups, split_lines
-from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow
+from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow, Shard
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
+from overnight.domain.shards import END_OF_FILE, LINES_PER_SHARD, ShardPlanner
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
 from overnight.engine.digest import describe_failure
-from overnight.engine.feed import Feed, RateLimits
+from overnight.engine.feed import RateLimits
 from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
-from overnight.engine.outputs import publish_result_files, register_result_files
-from overnight.engine.recorder import ResultRecorder
+from overnight.engine.outputs import compose_result_files, publish_result_files
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
-from overnight.engine.spool import ResultSpool, record_results
+from overnight.engine.shard_run import run_shard
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
 from overnight.store.base import MetadataStore
@@ -49,12 +49,22 @@ class EngineSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rates: Mapping[str, RateLimits] = field(default_factory=dict)  # by backend name
     shutdown_grace_s: float = 0.0  # on shutdown, for requests in flight to answer
-    lease_s: int = 30  # a batch's lease, renewed at each poll
+    lease_s: int = 30  # a batch's and a shard's lease, renewed at each poll
     cleanup_delay_s: float = CLEANUP_DELAY_S  # after a batch ends, before its results are deleted
     worker_id: str | None = None  # None: a fresh random id
+    max_shards: int = 4  # shards this worker runs at once
+    lines_per_shard: int = LINES_PER_SHARD
 
 
 class Engine:
+    """Every worker leads some batches and runs shards of any.
+
+    A batch's *leader* (the worker holding its lease) validates it and plans its shards, watches it
+    while it runs, and ends it: it finalizes, cancels or expires it, exactly once, under the lease.
+    Its *shards* (ranges of lines) are claimed by any worker, each under a lease of its own, so many
+    workers share one batch; a dead worker's shards are taken over when their leases run out.
+    """
+
     def __init__(
         self,
         store: MetadataStore,
@@ -67,6 +77,7 @@ class Engine:
         probe: Probe = NO_PROBE,
     ) -> None:
         self.worker_id = settings.worker_id or f"worker-{secrets.token_hex(6)}"
+        self._settings = settings
         self._lease_s = settings.lease_s
         self._probe = probe
         self._shutdown_grace = settings.shutdown_grace_s
@@ -77,9 +88,12 @@ class Engine:
         self._flush_interval = settings.flush_interval_s
         self._poll_interval = settings.poll_interval_s
         self._wake = asyncio.Event()
-        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._drivers: dict[str, asyncio.Task[None]] = {}  # batches this worker leads
         self._stops: dict[str, asyncio.Event] = {}
-        self._spools: dict[str, ResultSpool] = {}
+        self._watching: dict[str, asyncio.Event] = {}  # a led batch in progress: look at its shards
+        self._slots: set[asyncio.Task[None]] = set()  # each runs one shard after another
+        self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}  # the shard each slot runs now
+        self._run_stops: dict[tuple[str, int], asyncio.Event] = {}
         self._last_failures: dict[str, dict[int, Attempt]] = {}  # of lines a stop left unfinished
         self.janitor = Janitor(store, blobs, delay_s=settings.cleanup_delay_s)
         self._retry = settings.retry
@@ -88,7 +102,7 @@ class Engine:
         self._schedulers: dict[str, BackendScheduler] = {}
 
     def scheduler(self, backend: Backend) -> BackendScheduler:
-        """The one dispatcher of a backend, shared by every batch that runs on it."""
+        """The one dispatcher of a backend, shared by every shard that runs on it here."""
         scheduler = self._schedulers.get(backend.name)
         if scheduler is None:
             scheduler = BackendScheduler(
@@ -143,36 +157,68 @@ class Engine:
         kept), then abandon the rest; abandoned lines run again after a restart."""
         if grace_s > 0 and self._schedulers:
             await asyncio.gather(*(s.drain(grace_s) for s in self._schedulers.values()))
-        drivers = list(self._drivers.values())
-        for task in drivers:
+        tasks = [*self._slots, *self._drivers.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*drivers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for scheduler in self._schedulers.values():
             await scheduler.close()
         await self.janitor.close()
 
     async def tick(self) -> None:
-        """Drive each active batch this worker can lease; renew the leases of those it drives;
-        signal cancels and expiries to running drivers."""
+        """Lead each active batch this worker can lease and renew those leases; signal cancels and
+        expiries; renew the shards it runs and claim more while it has room."""
         now = self._now()
-        for batch in await self._store.batches_in(ACTIVE):
-            leased = await self._store.claim_batch(batch.id, self.worker_id, now, self._lease_s)
-            driver = self._drivers.get(batch.id)
-            if driver is None:
-                if leased:
-                    self._start_driver(batch.id)
-            elif not leased:
-                log.warning(
-                    "lease lost id=%s worker=%s; another worker drives it now", batch.id, self.worker_id
-                )
-                driver.cancel()
-            elif batch.status is S.CANCELLING or self._expired(batch, now):
+        active = await self._store.batches_in(ACTIVE)
+        for batch in active:
+            await self._lead(batch, now)
+            if batch.status is S.CANCELLING or self._expired(batch, now):
+                for key, stop in self._run_stops.items():
+                    if key[0] == batch.id:
+                        stop.set()
+        await self._renew_runs(now)
+        await self._fill_slots()
+
+    async def _fill_slots(self) -> None:
+        """Claim shards while this worker runs fewer than `max_shards`; each goes to a slot of its own."""
+        while len(self._slots) < self._settings.max_shards:
+            shard = await self._store.claim_shard(self.worker_id, self._now(), self._lease_s)
+            if shard is None:
+                return
+            task = asyncio.create_task(self._slot(shard), name=f"shard slot {self.worker_id}")
+            self._slots.add(task)
+            task.add_done_callback(self._slot_done)
+
+    async def _lead(self, batch: Batch, now: int) -> None:
+        leased = await self._store.claim_batch(batch.id, self.worker_id, now, self._lease_s)
+        driver = self._drivers.get(batch.id)
+        if driver is None:
+            if leased:
+                self._start_driver(batch.id)
+        elif not leased:
+            log.warning("lease lost id=%s worker=%s; another worker leads it now", batch.id, self.worker_id)
+            driver.cancel()
+        else:
+            if batch.status is S.CANCELLING or self._expired(batch, now):
                 self._stops[batch.id].set()
+            if batch.id in self._watching:
+                self._watching[batch.id].set()
+
+    async def _renew_runs(self, now: int) -> None:
+        for (batch_id, shard_no), task in list(self._runs.items()):
+            if not await self._store.renew_shard(batch_id, shard_no, self.worker_id, now, self._lease_s):
+                log.warning(
+                    "shard lease lost batch=%s shard=%d worker=%s; another worker runs it now",
+                    batch_id,
+                    shard_no,
+                    self.worker_id,
+                )
+                task.cancel()
 
     async def idle(self) -> None:
-        """Wait until no batch is being driven (for tests)."""
-        while self._drivers:
-            await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        """Wait until no batch is led and no shard runs here (for tests)."""
+        while self._drivers or self._slots:
+            await asyncio.gather(*self._drivers.values(), *self._slots, return_exceptions=True)
 
     def _start_driver(self, batch_id: str) -> None:
         self._stops[batch_id] = asyncio.Event()
@@ -183,7 +229,9 @@ class Engine:
     def _driver_done(self, batch_id: str, task: asyncio.Task[None]) -> None:
         self._drivers.pop(batch_id, None)
         self._stops.pop(batch_id, None)
-        self._last_failures.pop(batch_id, None)
+        self._watching.pop(batch_id, None)
+        if not any(key[0] == batch_id for key in self._runs):
+            self._last_failures.pop(batch_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("batch driver failed id=%s", batch_id, exc_info=task.exception())
 
@@ -195,9 +243,6 @@ class Engine:
         try:
             await self._drive_until_done(batch_id)
         finally:
-            spool = self._spools.pop(batch_id, None)
-            if spool is not None:  # the batch did not end here: what it wrote is not wanted
-                await spool.discard()
             await self._store.release_batch(batch_id, self.worker_id)
 
     async def _drive_until_done(self, batch_id: str) -> None:
@@ -210,7 +255,7 @@ class Engine:
             elif batch.status is S.VALIDATING:
                 await self._validate(batch)
             elif batch.status is S.IN_PROGRESS:
-                await self._execute(batch)
+                await self._watch(batch)
             elif batch.status is S.FINALIZING:
                 await self._complete(batch)
             elif batch.status is S.CANCELLING:
@@ -226,10 +271,12 @@ class Engine:
     # -- validating ----------------------------------------------------------------------------
     async def _validate(self, batch: Batch) -> None:
         validator = BatchValidator(batch.endpoint, self._router.serves)
+        planner = ShardPlanner(batch.id, self._settings.lines_per_shard)
         try:
             async for group in split_line_groups(self._blobs.read(blob_key(batch.input_file_id))):
                 for line_no, raw in group:
                     validator.check_line(line_no, raw)
+                    planner.line(line_no, len(raw))
                 await asyncio.sleep(0)  # a chunk's worth of lines at a time, then let others run
         except FileNotFoundError:
             message = f"Cannot find file {batch.input_file_id}, or it is no longer available."
@@ -242,69 +289,105 @@ class Engine:
         if not result.ok:
             await self._move(batch, S.FAILED, errors=result.errors)
             return
+        await self._store.add_shards(planner.shards())  # before the move: a shard is never missing
         counts = type(batch.request_counts)(total=result.total)
-        await self._move(batch, S.IN_PROGRESS, model=result.model, request_counts=counts)
+        if await self._move(batch, S.IN_PROGRESS, model=result.model, request_counts=counts):
+            await self._fill_slots()  # its shards can be claimed now
 
-    # -- in progress ---------------------------------------------------------------------------
-    async def _execute(self, batch: Batch) -> None:
+    # -- in progress: shards -------------------------------------------------------------------
+    async def _watch(self, batch: Batch) -> None:
+        """Lead a batch in progress until every shard is done (then it moves to finalizing), or until
+        the batch leaves in_progress (a cancel, or the tick sees it expire)."""
+        watching = self._watching.setdefault(batch.id, asyncio.Event())
         stop = self._stops[batch.id]
-        backend = self._router.backend_for(batch.model or "")
-        if backend is None:
-            log.error("no backend serves model=%s any more; batch id=%s waits", batch.model, batch.id)
-            await stop.wait()
-            return
-        done = await self._store.finished_lines(batch.id)
-        spool = self._spools.get(batch.id)
-        if spool is None and not done:
-            spool = self._spools[batch.id] = ResultSpool(self._blobs, batch.id)
-        scheduler = self.scheduler(backend)
-        async with ResultRecorder(
-            self._store,
-            batch.id,
-            self._flush_interval,
-            on_flush=lambda: self._probe.reached("execution.flushed"),
-            spool=spool,
-        ) as recorder:
-            feed = Feed(
-                batch_id=batch.id,
-                project=batch.project,
-                deadline=batch.expires_at,
-                endpoint=batch.endpoint,
-                lines=split_lines(self._blobs.read(blob_key(batch.input_file_id))),
-                line_id=functools.partial(request_line_id, batch.id),
-                sink=recorder.add,
-                skip=done.__contains__,
-            )
-            watcher = asyncio.create_task(_stop_when(stop, scheduler, feed))
+        while not stop.is_set():
+            watching.clear()
+            shards = await self._store.shards_of(batch.id)
+            if not shards:  # an older release's batch, or one validated without them
+                await self._store.add_shards([Shard(batch.id, 0, 1, END_OF_FILE, 0, 1)])
+                await self._fill_slots()
+                continue
+            if all(shard.done for shard in shards):
+                await self._move(batch, S.FINALIZING)
+                return
+            current = await self._store.get_batch(batch.id)
+            if current is None or current.status is not S.IN_PROGRESS:
+                return
+            await wait_event(watching, self._poll_interval)
+        self._watching.pop(batch.id, None)
+
+    async def _slot(self, first: Shard) -> None:
+        """Run shards one after another, claiming the next as soon as one ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        shard: Shard | None = first
+        while shard is not None:
+            key = (shard.batch_id, shard.shard_no)
+            self._runs[key], self._run_stops[key] = task, asyncio.Event()
             try:
-                all_ran = await scheduler.run(feed)
+                await self._run(shard)
             finally:
-                watcher.cancel()
-                self._last_failures[batch.id] = feed.last_failures
-        if all_ran:
-            await self._move(batch, S.FINALIZING)
+                self._runs.pop(key, None)
+                self._run_stops.pop(key, None)
+            shard = await self._store.claim_shard(self.worker_id, self._now(), self._lease_s)
+
+    def _slot_done(self, task: asyncio.Task[None]) -> None:
+        self._slots.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shard slot failed worker=%s", self.worker_id, exc_info=task.exception())
+
+    async def _run(self, shard: Shard) -> None:
+        key = (shard.batch_id, shard.shard_no)
+        try:
+            batch = await self._store.get_batch(shard.batch_id)
+            if batch is None or batch.status is not S.IN_PROGRESS:
+                return
+            backend = self._router.backend_for(batch.model or "")
+            if backend is None:
+                log.error("no backend serves model=%s any more; batch id=%s waits", batch.model, batch.id)
+                await self._run_stops[key].wait()
+                return
+            outcome = await run_shard(
+                self._store,
+                self._blobs,
+                self.scheduler(backend),
+                batch,
+                shard,
+                self._run_stops[key],
+                flush_interval_s=self._flush_interval,
+                on_flush=lambda: self._probe.reached("execution.flushed"),
+            )
+            self._last_failures.setdefault(batch.id, {}).update(outcome.last_failures)
+            if outcome.finished:
+                await self._store.finish_shard(batch.id, shard.shard_no, self.worker_id, outcome.part)
+                if batch.id in self._watching:
+                    self._watching[batch.id].set()  # this worker leads it: look at once
+        finally:
+            await self._store.release_shard(shard.batch_id, shard.shard_no, self.worker_id)
 
     # -- endings -------------------------------------------------------------------------------
     async def _complete(self, batch: Batch) -> None:
-        await self._publish_and_move(batch, S.COMPLETED)
+        shards = await self._store.shards_of(batch.id)
+        now = self._now()
+        if shards and all(shard.done for shard in shards):
+            output_id, error_id = await compose_result_files(self._store, self._blobs, batch, now, shards)
+        else:
+            output_id, error_id = await publish_result_files(self._store, self._blobs, batch, now)
+        await self._finish(batch, S.COMPLETED, output_id, error_id)
 
     async def _end(self, batch: Batch, target: BatchStatus) -> None:
-        """Cancel or expire: lines without a result get a not-run line, then the files are written."""
+        """Cancel or expire: lines without a result get a not-run line, then the files are written
+        from the recorded results."""
         if batch.in_progress_at is not None:
             code = BATCH_CANCELLED if target is S.CANCELLED else BATCH_EXPIRED
             await self._mark_not_run(batch, code)
             self._probe.reached("ending.marked")
-        await self._publish_and_move(batch, target)
+        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        await self._finish(batch, target, output_id, error_id)
 
-    async def _publish_and_move(self, batch: Batch, target: BatchStatus) -> None:
-        """Finish the files written while the batch ran, or else assemble them from the store; register
-        them and end the batch."""
-        spool = self._spools.pop(batch.id, None)
-        sizes = await spool.finish() if spool is not None else None
-        if sizes is not None:
-            output_id, error_id = await register_result_files(self._store, batch, self._now(), sizes)
-        else:
-            output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+    async def _finish(
+        self, batch: Batch, target: BatchStatus, output_id: str | None, error_id: str | None
+    ) -> None:
         self._probe.reached("finalization.written")
         if await self._move(batch, target, output_file_id=output_id, error_file_id=error_id):
             self._probe.reached("finalization.moved")
@@ -312,7 +395,7 @@ class Engine:
 
     async def _mark_not_run(self, batch: Batch, code: str) -> None:
         done = await self._store.finished_lines(batch.id)
-        last_failures = self._last_failures.pop(batch.id, {})
+        last_failures = self._last_failures.get(batch.id, {})
         rows: list[ResultRow] = []
         async for line_no, raw in split_lines(self._blobs.read(blob_key(batch.input_file_id))):
             if line_no in done or is_blank(raw):
@@ -322,10 +405,10 @@ class Engine:
             detail = describe_failure(last) if last is not None else None
             rows.append(not_run_row(line_no, request_line_id(batch.id, line_no), custom_id, code, detail))
             if len(rows) >= _YIELD_EVERY:
-                await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
+                await self._store.record_results(batch.id, rows)
                 rows = []
         if rows:
-            await record_results(self._store, batch.id, rows, self._spools.get(batch.id))
+            await self._store.record_results(batch.id, rows)
 
 
 def _what_changed(batch: Batch) -> str:
@@ -346,8 +429,3 @@ def _what_changed(batch: Batch) -> str:
             f" in {ended - batch.created_at} s"
         )
     return ""
-
-
-async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:
-    await stop.wait()
-    scheduler.stop(feed)

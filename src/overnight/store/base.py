@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Literal, Protocol
 
-from overnight.domain.models import Batch, BatchStatus, FileObject, Page, ResultKind, ResultRow
+from overnight.domain.models import Batch, BatchStatus, FileObject, Page, ResultKind, ResultRow, Shard
 
 Order = Literal["asc", "desc"]
+LineRange = tuple[int, int]  # first line, and the line after the last
+ALL_LINES: LineRange = (0, 2**62)
 
 
 class MetadataStore(Protocol):
@@ -89,7 +91,36 @@ class MetadataStore(Protocol):
         ...
 
     async def release_all_leases(self) -> None:
-        """Forget every lease: for a single server that has just proved it is the only one."""
+        """Forget every lease, of batches and shards: for a single server that has just proved it is
+        the only one."""
+        ...
+
+    # -- shards: ranges of a running batch's lines, each run by one worker at a time --------------
+    async def add_shards(self, shards: Sequence[Shard]) -> None:
+        """Store a batch's shards; those already stored (the same plan, made again) stay as they are."""
+        ...
+
+    async def claim_shard(self, worker: str, now: int, lease_s: int) -> Shard | None:
+        """Lease, until `now + lease_s`, one shard that is not done, of a batch in progress whose window
+        has not ended, that nobody holds or whose holder's lease ran out at or before `now`: the
+        earliest deadline first, then the project with the fewest shards held. None when there is none."""
+        ...
+
+    async def renew_shard(self, batch_id: str, shard_no: int, worker: str, now: int, lease_s: int) -> bool:
+        """Extend `worker`'s lease on the shard to `now + lease_s`; False when it no longer holds it."""
+        ...
+
+    async def finish_shard(self, batch_id: str, shard_no: int, worker: str, part: str | None) -> bool:
+        """If `worker` holds the shard: mark it done, with the name of the part files that hold exactly
+        its rows (None if none do), and end the lease. False when it no longer held it."""
+        ...
+
+    async def release_shard(self, batch_id: str, shard_no: int, worker: str) -> None:
+        """Give the lease up without finishing, if `worker` holds it."""
+        ...
+
+    async def shards_of(self, batch_id: str) -> list[Shard]:
+        """The batch's shards, in order."""
         ...
 
     # -- results -------------------------------------------------------------------------------
@@ -98,13 +129,15 @@ class MetadataStore(Protocol):
         request_counts and usage in the same transaction. Returns how many rows were new."""
         ...
 
-    async def finished_lines(self, batch_id: str) -> set[int]:
-        """Line numbers that already have a result."""
+    async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:
+        """Line numbers in the range `lines` that already have a result."""
         ...
 
-    def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
-        """The `line` of each result of these kinds, in line order, each followed by a newline,
-        streamed in chunks of many lines (what an output or error file holds)."""
+    def result_lines(
+        self, batch_id: str, kinds: Collection[ResultKind], lines: LineRange = ALL_LINES
+    ) -> AsyncIterator[bytes]:
+        """The `line` of each result of these kinds in the range `lines`, in line order, each followed by
+        a newline, streamed in chunks of many lines (what an output or error file holds)."""
         ...
 
     async def delete_results(self, batch_id: str) -> None:

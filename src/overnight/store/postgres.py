@@ -30,11 +30,12 @@ from overnight.domain.models import (
     RequestCounts,
     ResultKind,
     ResultRow,
+    Shard,
     Usage,
 )
 from overnight.store import postgres_sql as sql
 from overnight.store import schema
-from overnight.store.base import Order
+from overnight.store.base import ALL_LINES, LineRange, Order
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -220,6 +221,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     trip per call, which halved get_batch's rate (bench/pgdriver.py)."""
 
 
+def _shard_from_row(row: asyncpg.Record) -> Shard:
+    batch_id, shard_no, first, end, offset, count, done, part = row
+    return Shard(batch_id, shard_no, first, end, offset, count, bool(done), part)
+
+
 class PostgresStore:
     """MetadataStore on one PostgreSQL database, through a pool of `min_size`..`max_size` connections."""
 
@@ -367,6 +373,35 @@ class PostgresStore:
 
     async def release_all_leases(self) -> None:
         await self._execute(sql.RELEASE_ALL_LEASES)
+        await self._execute(sql.RELEASE_ALL_SHARD_LEASES)
+
+    # -- shards ----------------------------------------------------------------------------------
+    async def add_shards(self, shards: Sequence[Shard]) -> None:
+        if shards:
+            columns = zip(
+                *(
+                    (s.batch_id, s.shard_no, s.first_line, s.end_line, s.start_offset, s.count)
+                    for s in shards
+                ),
+                strict=True,
+            )
+            await self._execute(sql.ADD_SHARDS, *(list(column) for column in columns))
+
+    async def claim_shard(self, worker: str, now: int, lease_s: int) -> Shard | None:
+        row = await self._fetchrow(sql.CLAIM_SHARD, worker, now, lease_s)
+        return None if row is None else _shard_from_row(row)
+
+    async def renew_shard(self, batch_id: str, shard_no: int, worker: str, now: int, lease_s: int) -> bool:
+        return await self._execute(sql.RENEW_SHARD, batch_id, shard_no, worker, now, lease_s) > 0
+
+    async def finish_shard(self, batch_id: str, shard_no: int, worker: str, part: str | None) -> bool:
+        return await self._execute(sql.FINISH_SHARD, batch_id, shard_no, worker, part) > 0
+
+    async def release_shard(self, batch_id: str, shard_no: int, worker: str) -> None:
+        await self._execute(sql.RELEASE_SHARD, batch_id, shard_no, worker)
+
+    async def shards_of(self, batch_id: str) -> list[Shard]:
+        return [_shard_from_row(row) for row in await self._fetch(sql.SHARDS_OF, batch_id)]
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
@@ -375,16 +410,20 @@ class PostgresStore:
         new: int = await self._fetchval(sql.RECORD_RESULTS, batch_id, *_result_columns(rows))
         return new
 
-    async def finished_lines(self, batch_id: str) -> set[int]:
-        return {row[0] for row in await self._fetch(sql.FINISHED_LINES, batch_id)}
+    async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:
+        return {row[0] for row in await self._fetch(sql.FINISHED_LINES, batch_id, *lines)}
 
-    async def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
+    async def result_lines(
+        self, batch_id: str, kinds: Collection[ResultKind], lines: LineRange = ALL_LINES
+    ) -> AsyncIterator[bytes]:
         wanted = sorted({ResultKind(kind).value for kind in kinds})
         if not wanted:
             return
-        after_line = -1
+        after_line, end_line = lines[0] - 1, lines[1]
         while True:
-            rows = await self._fetch(sql.RESULT_LINES_PAGE, batch_id, after_line, wanted, RESULTS_PAGE)
+            rows = await self._fetch(
+                sql.RESULT_LINES_PAGE, batch_id, after_line, wanted, RESULTS_PAGE, end_line
+            )
             if rows:
                 yield b"\n".join([row[1] for row in rows]) + b"\n"
             if len(rows) < RESULTS_PAGE:

@@ -113,6 +113,58 @@ RELEASE_ALL_LEASES = (
     "UPDATE batches SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
 )
 
+RELEASE_ALL_SHARD_LEASES = (
+    "UPDATE shards SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
+)
+
+# -- shards ------------------------------------------------------------------------------------------
+
+SHARD_COLUMNS = "batch_id, shard_no, first_line, end_line, start_offset, shard_count, done, part"
+# One array per column: batch_id, shard_no, first_line, end_line, start_offset, shard_count.
+ADD_SHARDS = f"""
+INSERT INTO shards ({SHARD_COLUMNS})
+SELECT b, n, f, e, o, c, 0, NULL
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+    AS t (b, n, f, e, o, c)
+ON CONFLICT (batch_id, shard_no) DO NOTHING
+"""
+# $1 worker, $2 now, $3 lease seconds. The pick: a shard not done, of a batch in progress, free or
+# with a lease that ran out; earliest deadline (to the minute) first, then the project holding the
+# fewest live shard leases. SKIP LOCKED: racing workers each take a different shard, none waits.
+CLAIM_SHARD = """
+WITH pick AS (
+    SELECT s.batch_id, s.shard_no FROM shards s JOIN batches b ON b.id = s.batch_id
+    WHERE s.done = 0 AND b.status = 'in_progress' AND b.expires_at > $2::bigint
+      AND (s.worker_id IS NULL OR s.lease_expires_at <= $2::bigint)
+    ORDER BY b.expires_at / 60,
+      (SELECT count(*) FROM shards s2 JOIN batches b2 ON b2.id = s2.batch_id
+       WHERE b2.project = b.project AND s2.done = 0 AND s2.worker_id IS NOT NULL
+         AND s2.lease_expires_at > $2::bigint),
+      s.batch_id, s.shard_no
+    LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE shards SET worker_id = $1, lease_expires_at = $2::bigint + $3::bigint
+FROM pick WHERE shards.batch_id = pick.batch_id AND shards.shard_no = pick.shard_no
+RETURNING shards.batch_id, shards.shard_no, shards.first_line, shards.end_line, shards.start_offset,
+          shards.shard_count, shards.done, shards.part
+"""
+# $1 batch, $2 shard, $3 worker, $4 now, $5 lease seconds.
+RENEW_SHARD = (
+    "UPDATE shards SET lease_expires_at = $4::bigint + $5::bigint"
+    " WHERE batch_id = $1 AND shard_no = $2 AND worker_id = $3 AND done = 0"
+)
+# $1 batch, $2 shard, $3 worker, $4 the part files' name or NULL.
+FINISH_SHARD = (
+    "UPDATE shards SET done = 1, part = $4, worker_id = NULL, lease_expires_at = NULL"
+    " WHERE batch_id = $1 AND shard_no = $2 AND worker_id = $3 AND done = 0"
+)
+RELEASE_SHARD = (
+    "UPDATE shards SET worker_id = NULL, lease_expires_at = NULL"
+    " WHERE batch_id = $1 AND shard_no = $2 AND worker_id = $3"
+)
+SHARDS_OF = f"SELECT {SHARD_COLUMNS} FROM shards WHERE batch_id = $1 ORDER BY shard_no"
+
 # -- results -------------------------------------------------------------------------------------
 
 # $1 batch, then one array per column: line_no, kind, line, and the four token counts. The rows come
@@ -153,13 +205,13 @@ WITH incoming AS (
 )
 SELECT rows FROM added
 """
-FINISHED_LINES = "SELECT line_no FROM results WHERE batch_id = $1"
+FINISHED_LINES = "SELECT line_no FROM results WHERE batch_id = $1 AND line_no >= $2 AND line_no < $3"
 # One page of a result stream: the lines after line $2, in line order (keyset paging: no connection is held
 # between pages, however slowly the stream is read). Joining them in Python beat string_agg on the server
 # (bench/pgdriver.py).
 RESULT_LINES_PAGE = (
-    "SELECT line_no, line FROM results WHERE batch_id = $1 AND line_no > $2 AND kind = ANY($3::text[])"
-    " ORDER BY line_no LIMIT $4"
+    "SELECT line_no, line FROM results WHERE batch_id = $1 AND line_no > $2 AND line_no < $5"
+    " AND kind = ANY($3::text[]) ORDER BY line_no LIMIT $4"
 )
 DELETE_SOME_RESULTS = (
     "DELETE FROM results WHERE batch_id = $1 AND line_no IN"

@@ -24,11 +24,13 @@ from overnight.domain.models import (
     RequestCounts,
     ResultKind,
     ResultRow,
+    Shard,
     Usage,
 )
 from overnight.store import schema
 from overnight.store import sqlite_leases as leases
-from overnight.store.base import Order
+from overnight.store import sqlite_shards as shards
+from overnight.store.base import ALL_LINES, LineRange, Order
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -346,21 +348,20 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
         return len(new_rows)
 
 
-def _finished_lines(conn: sqlite3.Connection, batch_id: str) -> set[int]:
-    return {
-        line_no for (line_no,) in conn.execute("SELECT line_no FROM results WHERE batch_id = ?", (batch_id,))
-    }
+def _finished_lines(conn: sqlite3.Connection, batch_id: str, lines: LineRange) -> set[int]:
+    sql = "SELECT line_no FROM results WHERE batch_id = ? AND line_no >= ? AND line_no < ?"
+    return {line_no for (line_no,) in conn.execute(sql, (batch_id, *lines))}
 
 
 def _lines_page(
-    conn: sqlite3.Connection, batch_id: str, kinds: list[str], after_line: int, limit: int
+    conn: sqlite3.Connection, batch_id: str, kinds: list[str], after_line: int, end_line: int, limit: int
 ) -> tuple[int, int, bytes]:
     """(rows read, last line number, their lines joined with a newline after each)."""
     sql = (
-        f"SELECT line_no, line FROM results WHERE batch_id = ? AND line_no > ?"
+        f"SELECT line_no, line FROM results WHERE batch_id = ? AND line_no > ? AND line_no < ?"
         f" AND kind IN ({_placeholders(len(kinds))}) ORDER BY line_no LIMIT ?"
     )
-    rows = conn.execute(sql, (batch_id, after_line, *kinds, limit)).fetchall()
+    rows = conn.execute(sql, (batch_id, after_line, end_line, *kinds, limit)).fetchall()
     if not rows:
         return 0, after_line, b""
     return len(rows), rows[-1][0], b"\n".join([line for _, line in rows]) + b"\n"
@@ -483,6 +484,27 @@ class SqliteStore:
 
     async def release_all_leases(self) -> None:
         await self._call(leases.release_all_leases)
+        await self._call(shards.release_all_shard_leases)
+
+    # -- shards ----------------------------------------------------------------------------------
+    async def add_shards(self, planned: Sequence[Shard]) -> None:
+        if planned:
+            await self._call(shards.add_shards, planned)
+
+    async def claim_shard(self, worker: str, now: int, lease_s: int) -> Shard | None:
+        return await self._call(shards.claim_shard, worker, now, lease_s)
+
+    async def renew_shard(self, batch_id: str, shard_no: int, worker: str, now: int, lease_s: int) -> bool:
+        return await self._call(shards.renew_shard, batch_id, shard_no, worker, now, lease_s)
+
+    async def finish_shard(self, batch_id: str, shard_no: int, worker: str, part: str | None) -> bool:
+        return await self._call(shards.finish_shard, batch_id, shard_no, worker, part)
+
+    async def release_shard(self, batch_id: str, shard_no: int, worker: str) -> None:
+        await self._call(shards.release_shard, batch_id, shard_no, worker)
+
+    async def shards_of(self, batch_id: str) -> list[Shard]:
+        return await self._call(shards.shards_of, batch_id)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
@@ -490,17 +512,19 @@ class SqliteStore:
             return 0
         return await self._call(_record_results, batch_id, rows)
 
-    async def finished_lines(self, batch_id: str) -> set[int]:
-        return await self._call(_finished_lines, batch_id)
+    async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:
+        return await self._call(_finished_lines, batch_id, lines)
 
-    async def result_lines(self, batch_id: str, kinds: Collection[ResultKind]) -> AsyncIterator[bytes]:
+    async def result_lines(
+        self, batch_id: str, kinds: Collection[ResultKind], lines: LineRange = ALL_LINES
+    ) -> AsyncIterator[bytes]:
         wanted = sorted({ResultKind(k).value for k in kinds})
         if not wanted:
             return
-        after_line = -1
+        after_line, end_line = lines[0] - 1, lines[1]
         while True:
             count, after_line, chunk = await self._call(
-                _lines_page, batch_id, wanted, after_line, RESULTS_PAGE
+                _lines_page, batch_id, wanted, after_line, end_line, RESULTS_PAGE
             )
             if chunk:
                 yield chunk
