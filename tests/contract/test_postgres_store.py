@@ -98,7 +98,7 @@ async def versions_of(dsn: str) -> list[int]:
 
 
 async def test_migrate_applies_every_version_once(empty_dsn: str) -> None:
-    assert VERSIONS == [1, 2, 3, 4]
+    assert VERSIONS == [1, 2, 3, 4, 5]
     assert await migrate(empty_dsn) == VERSIONS
     assert await migrate(empty_dsn) == []
     assert await versions_of(empty_dsn) == VERSIONS
@@ -120,6 +120,8 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
     stepwise, fresh = await schema_of(empty_dsn), await schema_of(dsn)
     assert stepwise == fresh
     assert {row[0] for row in fresh["columns"]} == {
+        "backend_slots",
+        "backend_workers",
         "batches",
         "files",
         "results",

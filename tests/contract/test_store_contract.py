@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -435,7 +435,7 @@ async def test_sqlite_records_migrations_and_uses_wal(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4]
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4, 5]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
 
@@ -641,3 +641,52 @@ async def test_results_can_be_read_by_line_range(store: MetadataStore) -> None:
     assert await store.finished_lines("batch_1", (11, 21)) == set(range(11, 21))
     lines = b"".join([chunk async for chunk in store.result_lines("batch_1", [K.SUCCEEDED], (25, 40))])
     assert lines == b"".join(b'{"line":%d}\n' % n for n in range(25, 31))
+
+
+# -- a backend's slots ---------------------------------------------------------------------------------
+
+
+async def test_slots_are_shared_fairly_and_never_more_than_the_limit(store: MetadataStore) -> None:
+    def hold(worker: str, now: int, wants: bool = True, in_use: int = 0) -> Awaitable[tuple[int, int]]:
+        return store.hold_slots("up", worker, wants=wants, in_use=in_use, limit=16, now=now, lease_s=30)
+
+    assert await hold("w1", 100) == (16, 16)  # alone: every slot
+    assert await hold("w2", 100) == (0, 8)  # w1 still holds them all
+    assert await hold("w3", 100) == (0, 5)
+    assert await hold("w1", 101, in_use=10) == (10, 6)  # gives back only what is not in use
+    assert await hold("w2", 101) == (5, 5)  # takes what is free, up to its share
+    assert await hold("w1", 102, in_use=3) == (6, 6)  # down to its share once fewer are in use
+    assert await hold("w3", 102) == (5, 5)
+    assert await hold("w2", 103) == (5, 5)
+    assert await hold("w3", 120) == (5, 5)  # w3 stays alive until 150
+    # w1 dies: its slots come back once its lease runs out (102 + 30), and so does its share
+    assert await hold("w2", 131) == (5, 5)
+    assert await hold("w2", 133) == (8, 8)
+    assert await hold("w3", 134) == (8, 8)
+    assert await hold("w3", 135, wants=False) == (0, 0)  # done: everything goes back
+    assert await hold("w2", 136) == (16, 16)
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans(), st.integers(0, 16)), max_size=40
+    )
+)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_held_slots_never_add_up_to_more_than_the_limit(
+    store: MetadataStore, steps: list[tuple[str, bool, int]]
+) -> None:
+    backend = fresh("slots")
+    held: dict[str, int] = {}
+    for now, (worker, wants, in_use) in enumerate(steps, start=1):
+        count, _share = await store.hold_slots(
+            backend,
+            worker,
+            wants=wants,
+            in_use=min(in_use, held.get(worker, 0)),
+            limit=16,
+            now=now,
+            lease_s=1000,
+        )
+        held[worker] = count
+        assert sum(held.values()) <= 16

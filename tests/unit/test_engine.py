@@ -57,6 +57,7 @@ class GatedBackend:
         self.calls: Counter[str] = Counter()
         self.order: list[str] = []
         self.cancelled: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
         self._gate = asyncio.Event()
         self._changed = asyncio.Condition()
 
@@ -81,6 +82,14 @@ class GatedBackend:
 
     async def _answer(self, body: bytes) -> tuple[int, bytes, str]:
         custom_id: str = json.loads(body)["messages"][0]["content"]
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer_in_flight(custom_id)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_in_flight(self, custom_id: str) -> tuple[int, bytes, str]:
         self.calls[custom_id] += 1
         self.order.append(custom_id)
         async with self._changed:
@@ -515,3 +524,30 @@ async def test_a_dead_workers_shard_is_taken_over_without_running_its_lines_agai
     )  # only what was in flight
     (shard,) = await world.store.shards_of(created.id)
     assert shard.part is None  # the heir started with results: the file came from the store
+
+
+async def test_two_workers_never_send_more_than_the_backends_limit_together(world: World) -> None:
+    names = [f"g{i:02d}" for i in range(20)]
+    backend = GatedBackend(held=set(names), max_concurrency=4)
+    first = world.engine(backend, worker_id="w1", lines_per_shard=5, max_shards=2)
+    second = world.engine(backend, worker_id="w2", lines_per_shard=5, max_shards=2)
+    created = await world.submit(names)
+    await first.tick()  # validates; w1 alone wants slots: all four are its share
+    await backend.wait_for_calls(lambda calls: sum(calls.values()) == 4)
+    await second.tick()  # w2 takes the other shards, but no slot is free: it sends nothing
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert backend.in_flight == 4
+    caps = [engine.schedulers["gated"].cap for engine in (first, second) if "gated" in engine.schedulers]
+    assert sum(caps) <= 4
+    backend.release()
+    for _ in range(20):  # each tick renews the slots and moves them to whoever still has work
+        if (await world.batch(created.id)).status is S.COMPLETED:
+            break
+        await asyncio.gather(first.tick(), second.tick())
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(first.idle(), second.idle()), CONDITION_TIMEOUT_S)
+    batch = await world.batch(created.id)
+    assert batch.status is S.COMPLETED
+    assert backend.max_in_flight == 4
+    assert backend.calls == Counter(names)

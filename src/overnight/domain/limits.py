@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 MAX_REQUESTS_PER_BATCH = 50_000
 MAX_EMBEDDING_INPUTS_PER_BATCH = 50_000
 MAX_BATCH_INPUT_BYTES = 209_715_200  # 200 MB, the figure in OpenAI's own error message
@@ -46,3 +48,12 @@ def parse_window(text: str) -> int | None:
         return None
     seconds = int(text[:-1]) * units[text[-1]]
     return seconds if seconds > 0 else None
+
+
+def fair_share(limit: int, workers: Sequence[str], worker: str) -> int:
+    """`worker`'s share of a backend's `limit` (requests in flight across every worker) among the
+    `workers` that want some: an equal part each, the remainder one each to the first in id order.
+    The shares of any one list add up to `limit` exactly."""
+    ordered = sorted(set(workers) | {worker})
+    base, extra = divmod(max(limit, 0), len(ordered))
+    return base + (1 if ordered.index(worker) < extra else 0)

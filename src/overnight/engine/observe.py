@@ -58,6 +58,12 @@ async def render_metrics(
             ],
         ),
         *gauge_lines(
+            "overnight_backend_slots",
+            "Requests this worker may have in flight to a backend: its share of the backend's "
+            "max_concurrency across every worker, by backend.",
+            [((("backend", name),), sched.cap) for name, sched in per_backend],
+        ),
+        *gauge_lines(
             "overnight_backend_waiting_batches",
             "Batches whose lines wait for a backend whose circuit breaker is not closed, by backend.",
             [((("backend", name),), len(sched.waiting_batches)) for name, sched in per_backend],

@@ -65,6 +65,9 @@ class BackendScheduler:
         self.breaker = breaker or CircuitBreaker()
         self._rpm = TokenBucket.per_minute(rates.requests_per_minute) if rates.requests_per_minute else None
         self._tpm = TokenBucket.per_minute(rates.tokens_per_minute) if rates.tokens_per_minute else None
+        self._full_rates = [(b, b.rate_per_s, b.burst) for b in (self._rpm, self._tpm) if b is not None]
+        self._cap = backend.max_concurrency  # this worker's share of the backend (engine/slots.py)
+        self.demand_changed = asyncio.Event()  # set when the first feed comes or the last one goes
         self._prefetch = prefetch or max(64, 2 * backend.max_concurrency)
         self._feeds: list[Feed] = []
         self._served: dict[str, int] = {}
@@ -79,6 +82,27 @@ class BackendScheduler:
         self._retry_order = itertools.count()
         self._last_probe = -1  # the `order` of the feed that sent the last probe
         self._opened_at = 0.0
+
+    @property
+    def cap(self) -> int:
+        """Requests this worker may have in flight to the backend: its share of the backend's
+        max_concurrency across every worker (all of it without a SlotKeeper)."""
+        return self._cap
+
+    @property
+    def wants_slots(self) -> bool:
+        return bool(self._feeds)
+
+    def set_cap(self, cap: int) -> None:
+        """Take a new share: at most `cap` in flight, and that share of the rate limits."""
+        cap = max(0, min(cap, self.backend.max_concurrency))
+        if cap == self._cap:
+            return
+        self._cap = cap
+        fraction = max(cap, 1) / self.backend.max_concurrency
+        for bucket, rate, burst in self._full_rates:
+            bucket.rate_per_s, bucket.burst = rate * fraction, max(1.0, burst * fraction)
+        self._wake.set()
 
     @property
     def waiting_batches(self) -> list[str]:
@@ -142,11 +166,15 @@ class BackendScheduler:
         active = [self._served[f.project] for f in self._feeds if f.project in self._served]
         self._served.setdefault(feed.project, min(active, default=0))
         self._feeds.append(feed)
+        if len(self._feeds) == 1:
+            self.demand_changed.set()
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run_pump(), name=f"dispatch {self.backend.name}")
 
     async def _unregister(self, feed: Feed) -> None:
         self._feeds.remove(feed)
+        if not self._feeds:
+            self.demand_changed.set()
         mine = [entry for entry in self._retries if entry[2] is feed]
         if mine:
             self._retries = [entry for entry in self._retries if entry[2] is not feed]
@@ -231,7 +259,7 @@ class BackendScheduler:
     def _next(self) -> tuple[Feed, Request] | float | None:
         """Book the next request the limits allow now: the work, or how long until some may start
         (a float), or None when nothing can start until something changes."""
-        if self._in_flight >= self.window.limit or self._draining:
+        if self._in_flight >= min(self.window.limit, self._cap) or self._draining:
             return None
         now = self._clock.now()
         if self._retries:
@@ -299,7 +327,7 @@ class BackendScheduler:
                 return
             feed, request = work
             feed.in_flight.add(task)
-            if self._in_flight < self.window.limit:
+            if self._in_flight < min(self.window.limit, self._cap):
                 self._wake.set()  # the window grew: the pump starts another sender
 
     async def _send(self, feed: Feed, request: Request) -> None:

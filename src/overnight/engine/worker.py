@@ -29,6 +29,7 @@ from overnight.engine.outputs import compose_result_files, publish_result_files
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.shard_run import run_shard
+from overnight.engine.slots import SlotKeeper
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
 from overnight.store.base import MetadataStore
@@ -100,6 +101,7 @@ class Engine:
         self._rates = dict(settings.rates)
         self.metrics = metrics or EngineMetrics()
         self._schedulers: dict[str, BackendScheduler] = {}
+        self._keepers: dict[str, SlotKeeper] = {}
 
     def scheduler(self, backend: Backend) -> BackendScheduler:
         """The one dispatcher of a backend, shared by every shard that runs on it here."""
@@ -113,6 +115,14 @@ class Engine:
                 metrics=self.metrics,
             )
             self._schedulers[backend.name] = scheduler
+            self._keepers[backend.name] = SlotKeeper(
+                self._store,
+                scheduler,
+                self.worker_id,
+                self._clock,
+                lease_s=self._lease_s,
+                interval_s=self._poll_interval,
+            )
         return scheduler
 
     @property
@@ -161,6 +171,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for keeper in self._keepers.values():
+            await keeper.close()
         for scheduler in self._schedulers.values():
             await scheduler.close()
         await self.janitor.close()

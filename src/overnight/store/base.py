@@ -123,6 +123,18 @@ class MetadataStore(Protocol):
         """The batch's shards, in order."""
         ...
 
+    # -- a backend's slots: its max_concurrency, across every worker ------------------------------
+    async def hold_slots(
+        self, backend: str, worker: str, *, wants: bool, in_use: int, limit: int, now: int, lease_s: int
+    ) -> tuple[int, int]:
+        """Move `worker`'s slots of `backend` (slots 0 to `limit` - 1; a request in flight needs one)
+        toward its fair share, and renew them until `now + lease_s`. A worker that `wants` slots says
+        so until then; its share is `limit` divided among the workers that want some
+        (domain.limits.fair_share). Slots above its share are given back, but never more than leaves
+        it `in_use`; free slots (nobody's, or their lease ran out) are taken up to its share.
+        Returns (slots held now, its share); it may send min(held, share) requests at once."""
+        ...
+
     # -- results -------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Insert rows whose line has no result yet (others are ignored) and update the batch's

@@ -21,6 +21,7 @@ import asyncpg
 
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.lifecycle import TERMINAL
+from overnight.domain.limits import fair_share
 from overnight.domain.models import (
     Batch,
     BatchError,
@@ -402,6 +403,35 @@ class PostgresStore:
 
     async def shards_of(self, batch_id: str) -> list[Shard]:
         return [_shard_from_row(row) for row in await self._fetch(sql.SHARDS_OF, batch_id)]
+
+    # -- slots -----------------------------------------------------------------------------------
+    async def hold_slots(
+        self, backend: str, worker: str, *, wants: bool, in_use: int, limit: int, now: int, lease_s: int
+    ) -> tuple[int, int]:
+        async def hold(pool: asyncpg.Pool) -> tuple[int, int]:
+            async with pool.acquire() as conn, conn.transaction():
+                if wants:
+                    await conn.execute(sql.SLOT_WANTED, backend, worker, now + lease_s)
+                else:
+                    await conn.execute(sql.SLOT_UNWANTED, backend, worker)
+                live = [row[0] for row in await conn.fetch(sql.SLOT_WORKERS, backend, now)]
+                target = fair_share(limit, live, worker) if wants else 0
+                await conn.execute(sql.SLOTS_PAST_LIMIT, backend, worker, limit)
+                held = [row[0] for row in await conn.fetch(sql.SLOTS_HELD, backend, worker)]
+                keep = max(target, min(len(held), in_use))  # a slot in use goes back once it is free
+                if held[keep:]:
+                    await conn.execute(sql.SLOTS_GIVE_BACK, backend, held[keep:])
+                await conn.execute(sql.SLOTS_RENEW, backend, worker, now + lease_s)
+                count = min(len(held), keep)
+                if count < target:
+                    await conn.execute(sql.SLOTS_CREATE, backend, limit)
+                    taken = await conn.execute(
+                        sql.SLOTS_TAKE, backend, worker, limit, now, now + lease_s, target - count
+                    )
+                    count += _changed(taken)
+                return count, target
+
+        return await self._call(hold)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:

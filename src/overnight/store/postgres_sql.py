@@ -217,3 +217,45 @@ DELETE_SOME_RESULTS = (
     "DELETE FROM results WHERE batch_id = $1 AND line_no IN"
     " (SELECT line_no FROM results WHERE batch_id = $1 ORDER BY line_no LIMIT $2)"
 )
+
+# -- a backend's slots -------------------------------------------------------------------------------
+
+# $1 backend, $2 worker, $3 seen until.
+SLOT_WANTED = (
+    "INSERT INTO backend_workers (backend, worker_id, seen_until) VALUES ($1, $2, $3)"
+    " ON CONFLICT (backend, worker_id) DO UPDATE SET seen_until = excluded.seen_until"
+)
+SLOT_UNWANTED = "DELETE FROM backend_workers WHERE backend = $1 AND worker_id = $2"
+# $1 backend, $2 now.
+SLOT_WORKERS = "SELECT worker_id FROM backend_workers WHERE backend = $1 AND seen_until > $2"
+# $1 backend, $2 worker, $3 limit.
+SLOTS_PAST_LIMIT = (
+    "UPDATE backend_slots SET worker_id = NULL, lease_expires_at = NULL"
+    " WHERE backend = $1 AND worker_id = $2 AND slot_no >= $3"
+)
+# $1 backend, $2 worker.
+SLOTS_HELD = "SELECT slot_no FROM backend_slots WHERE backend = $1 AND worker_id = $2 ORDER BY slot_no"
+# $1 backend, $2 slot numbers.
+SLOTS_GIVE_BACK = (
+    "UPDATE backend_slots SET worker_id = NULL, lease_expires_at = NULL"
+    " WHERE backend = $1 AND slot_no = ANY($2::bigint[])"
+)
+# $1 backend, $2 worker, $3 lease end.
+SLOTS_RENEW = "UPDATE backend_slots SET lease_expires_at = $3 WHERE backend = $1 AND worker_id = $2"
+# $1 backend, $2 limit.
+SLOTS_CREATE = (
+    "INSERT INTO backend_slots (backend, slot_no) SELECT $1, n FROM generate_series(0, $2::bigint - 1) n"
+    " ON CONFLICT (backend, slot_no) DO NOTHING"
+)
+# $1 backend, $2 worker, $3 limit, $4 now, $5 lease end, $6 how many. SKIP LOCKED: two workers taking
+# slots at once each take different ones.
+SLOTS_TAKE = """
+WITH free AS (
+    SELECT slot_no FROM backend_slots
+    WHERE backend = $1 AND slot_no < $3 AND (worker_id IS NULL OR lease_expires_at <= $4)
+    ORDER BY slot_no LIMIT $6
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE backend_slots SET worker_id = $2, lease_expires_at = $5
+FROM free WHERE backend_slots.backend = $1 AND backend_slots.slot_no = free.slot_no
+"""

@@ -30,6 +30,7 @@ from overnight.domain.models import (
 from overnight.store import schema
 from overnight.store import sqlite_leases as leases
 from overnight.store import sqlite_shards as shards
+from overnight.store import sqlite_slots as slots
 from overnight.store.base import ALL_LINES, LineRange, Order
 
 P = ParamSpec("P")
@@ -505,6 +506,12 @@ class SqliteStore:
 
     async def shards_of(self, batch_id: str) -> list[Shard]:
         return await self._call(shards.shards_of, batch_id)
+
+    # -- slots -----------------------------------------------------------------------------------
+    async def hold_slots(
+        self, backend: str, worker: str, *, wants: bool, in_use: int, limit: int, now: int, lease_s: int
+    ) -> tuple[int, int]:
+        return await self._call(slots.hold_slots, backend, worker, wants, in_use, limit, now, lease_s)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
