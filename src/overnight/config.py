@@ -134,6 +134,16 @@ class Settings:
             "`worker_poll_interval_s`); after that another worker may take the batch over."
         ),
     )
+    shard_lines: int = field(
+        default=5000,
+        metadata=_help(
+            "Lines per shard: a validated batch is divided into ranges of this many lines, which any worker "
+            "may claim, so that many workers share one batch."
+        ),
+    )
+    worker_max_shards: int = field(
+        default=4, metadata=_help("Shards one worker runs at once (of any batches).")
+    )
     shutdown_grace_s: float = field(
         default=10.0,
         metadata=_help(
@@ -262,7 +272,8 @@ def _optional_database_url(name: str, value: Any) -> str | None:
         return None
     text = _text(name, value)
     parsed = urlparse(text)
-    if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname or not parsed.path.strip("/"):
+    has_host = bool(parsed.hostname) or "host=" in parsed.query  # ?host=/run/postgresql: a Unix socket
+    if parsed.scheme not in ("postgresql", "postgres") or not has_host or not parsed.path.strip("/"):
         # the value may hold a password: the message shows only its scheme and where it points
         shown = f"{parsed.scheme or '?'}://{parsed.hostname or '?'}"
         raise ConfigError(
@@ -409,6 +420,8 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "worker_poll_interval_s": _positive_float,
     "file_sweep_interval_s": _positive_float,
     "lease_s": _positive_int,
+    "shard_lines": _positive_int,
+    "worker_max_shards": _positive_int,
     "shutdown_grace_s": _positive_float,
     "log_level": _log_level,
     "crash_at": _crash_point,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -117,6 +118,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
         rates=rate_limits(settings),
         shutdown_grace_s=settings.shutdown_grace_s,
         lease_s=settings.lease_s,
+        max_shards=settings.worker_max_shards,
+        lines_per_shard=settings.shard_lines,
     )
 
 
@@ -177,7 +180,7 @@ def where_data_lives(settings: Settings) -> tuple[str, str]:
         store = f"SQLite {(settings.data_dir / 'overnight.db').resolve()}"
     else:
         url = urlsplit(settings.database_url)
-        store = f"PostgreSQL {url.hostname}:{url.port or 5432}/{url.path.strip('/')}"
+        store = f"PostgreSQL {url.hostname or 'socket'}:{url.port or 5432}/{url.path.strip('/')}"
     if settings.blob_url is None:
         blobs = f"data folder {(settings.data_dir / 'blobs').resolve()}"
     else:
@@ -242,7 +245,8 @@ def build_store(settings: Settings, clock: Clock) -> MetadataStore:
     if settings.database_url is not None:
         from overnight.store.postgres import PostgresStore
 
-        return PostgresStore(settings.database_url, clock=clock)
+        # pg_stat_activity tells which process each connection serves
+        return PostgresStore(settings.database_url, clock=clock, application_name=f"overnight-{os.getpid()}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteStore(settings.data_dir / "overnight.db", clock=clock)
 

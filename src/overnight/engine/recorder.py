@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from types import TracebackType
 
@@ -10,6 +11,9 @@ from overnight.domain.models import ResultRow
 from overnight.engine.spool import ResultSpool, record_results
 from overnight.engine.waiting import wait_event
 from overnight.store.base import MetadataStore
+
+log = logging.getLogger("overnight.engine")
+FIRST_RETRY_S, LAST_RETRY_S = 0.1, 5.0
 
 
 class ResultRecorder:
@@ -46,12 +50,29 @@ class ResultRecorder:
             self._wanted.set()
 
     async def flush(self) -> None:
+        """Record what is pending; while the store does not answer, keep the rows and try again
+        (recording is insert-if-absent, so a try whose answer was lost costs nothing)."""
         async with self._lock:
             rows, self._pending = self._pending, []
             self._wanted.clear()
-            if rows:
-                await record_results(self._store, self._batch_id, rows, self._spool)
+            delay = FIRST_RETRY_S
+            while rows:
+                try:
+                    await record_results(self._store, self._batch_id, rows, self._spool)
+                except Exception as exc:
+                    log.warning(
+                        "cannot record %d result(s) of batch %s (%s: %s); trying again in %.1f s",
+                        len(rows),
+                        self._batch_id,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LAST_RETRY_S)
+                    continue
                 self._on_flush()
+                return
 
     async def _flush_periodically(self) -> None:
         while not self._closing:

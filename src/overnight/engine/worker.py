@@ -147,7 +147,10 @@ class Engine:
         try:
             while True:
                 self._wake.clear()
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception as exc:  # the store went away: wait for it, and look again
+                    log.warning("worker %s cannot reach the store (%s); retrying", self.worker_id, _why(exc))
                 await wait_event(self._wake, self._poll_interval)
         finally:
             await self.shutdown(self._shutdown_grace)
@@ -217,7 +220,10 @@ class Engine:
                 self._watching[batch.id].set()
 
     async def _renew_runs(self, now: int) -> None:
-        for (batch_id, shard_no), task in list(self._runs.items()):
+        for key in list(self._runs):
+            if key not in self._runs:  # it finished meanwhile
+                continue
+            batch_id, shard_no = key
             if not await self._store.renew_shard(batch_id, shard_no, self.worker_id, now, self._lease_s):
                 log.warning(
                     "shard lease lost batch=%s shard=%d worker=%s; another worker runs it now",
@@ -225,7 +231,11 @@ class Engine:
                     shard_no,
                     self.worker_id,
                 )
-                task.cancel()
+                # Stopped, not cancelled: the slot goes on to claim another shard (a claim cancelled
+                # half way could leave a shard leased to nobody until the lease runs out).
+                stop = self._run_stops.get(key)
+                if stop is not None:
+                    stop.set()
 
     async def idle(self) -> None:
         """Wait until no batch is led and no shard runs here (for tests)."""
@@ -371,6 +381,7 @@ class Engine:
             )
             self._last_failures.setdefault(batch.id, {}).update(outcome.last_failures)
             if outcome.finished:
+                self._runs.pop(key, None)  # done here: the tick no longer renews it
                 await self._store.finish_shard(batch.id, shard.shard_no, self.worker_id, outcome.part)
                 if batch.id in self._watching:
                     self._watching[batch.id].set()  # this worker leads it: look at once
@@ -441,3 +452,7 @@ def _what_changed(batch: Batch) -> str:
             f" in {ended - batch.created_at} s"
         )
     return ""
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -231,13 +231,20 @@ class PostgresStore:
     """MetadataStore on one PostgreSQL database, through a pool of `min_size`..`max_size` connections."""
 
     def __init__(
-        self, dsn: str, *, clock: Clock | None = None, min_size: int = 1, max_size: int = 10
+        self,
+        dsn: str,
+        *,
+        clock: Clock | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        application_name: str = "overnight",
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(f"need 0 <= min_size <= max_size and max_size >= 1, not {min_size}, {max_size}")
         self._dsn = dsn
         self._clock = clock if clock is not None else SystemClock()
         self._min_size, self._max_size = min_size, max_size
+        self._server_settings = {**SERVER_SETTINGS, "application_name": application_name}
         self._pool: asyncpg.Pool | None = None
         self._running: set[asyncio.Future[Any]] = set()
 
@@ -254,7 +261,7 @@ class PostgresStore:
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings=SERVER_SETTINGS,
+                server_settings=self._server_settings,
                 reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
