@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import crash, dispatch, embeddings, ingest, latency, soak, stall
+from . import crash, dispatch, embeddings, ingest, latency, scaleout, soak, stall
 from .procs import machine
 from .report import Section, render
 
-SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings", "stall")
+SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings", "stall", "scaleout")
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
 
@@ -29,10 +29,14 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(SCENARIOS),
         help=f"comma-separated scenarios (default: {','.join(SCENARIOS)})",
     )
-    parser.add_argument("--requests", type=int, help="requests per batch for dispatch, latency and crash")
+    parser.add_argument(
+        "--requests", type=int, help="requests per batch for dispatch, latency, crash and scaleout"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the harness")
     parser.add_argument("--seed", type=int, default=20261126, help="random kill moments of the soak scenario")
-    parser.add_argument("--concurrency", type=int, default=64, help="dispatch and crash concurrency (64)")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="dispatch, crash and scaleout concurrency (64)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs, data)")
     parser.add_argument(
@@ -48,6 +52,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
     dispatch_n = args.requests or (2_000 if quick else 50_000)
     latency_n = args.requests or (2_000 if quick else 20_000)
     crash_n = args.requests or (4_000 if quick else 20_000)
+    scaleout_n = args.requests or (2_000 if quick else 50_000)
     embeddings_n = 500 if quick else 5_000
     c = args.concurrency
     return {
@@ -57,6 +62,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "crash": lambda: crash.run(work, crash_n, c, 20.0),
         "embeddings": lambda: embeddings.run(work, embeddings_n),
         "stall": lambda: stall.run(work),
+        "scaleout": lambda: scaleout.run(work, scaleout_n, c),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,9 +225,17 @@ class Overnight:
     """`overnight serve` as a subprocess with its own data folder, config file and log file."""
 
     def __init__(
-        self, work: Path, name: str, upstream: str | None, max_concurrency: int, **settings: float | str
+        self,
+        work: Path,
+        name: str,
+        upstream: str | None,
+        max_concurrency: int,
+        *,
+        env: Mapping[str, str | None] | None = None,
+        **settings: float | str,
     ) -> None:
-        """`upstream` None: no backend, so only the local models (on by default) serve."""
+        """`upstream` None: no backend, so only the local models (on by default) serve. `env`: variables
+        to set (a string) or to remove (None) in the server's environment, which is otherwise this one."""
         self.data_dir = work / f"{name}-data"
         self.config = work / f"{name}.toml"
         self.log_path = work / f"{name}.log"
@@ -243,6 +252,7 @@ class Overnight:
                 f"max_concurrency = {max_concurrency}",
             ]
         self.config.write_text("\n".join(lines) + "\n")
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -250,13 +260,37 @@ class Overnight:
         assert self.process is not None
         return self.process.pid
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment: None (this process's) unless `env` changes it."""
+        if not self.env:
+            return None
+        merged = {**os.environ, **self.env}
+        return {name: value for name, value in merged.items() if value is not None}
+
     def start(self) -> Overnight:
         command = [sys.executable, "-m", "overnight", "serve", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--config", str(self.config)]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.environment()
+            )
         wait_until_healthy(f"http://127.0.0.1:{self.port}/health", self.process)
         return self
+
+    def migrate(self, timeout: float = 120.0) -> str:
+        """`overnight migrate` on this server's settings and environment (its log goes to the server's
+        log file); what it printed last. RuntimeError when it fails."""
+        command = [sys.executable, "-m", "overnight", "migrate"]
+        command += ["--data-dir", str(self.data_dir), "--config", str(self.config)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, env=self.environment(), timeout=timeout
+        )
+        with self.log_path.open("a") as log:
+            log.write(done.stdout + done.stderr)
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        if done.returncode != 0:
+            raise RuntimeError(f"overnight migrate exited with {done.returncode}: {last}")
+        return last
 
     def peak_rss_mb(self) -> float:
         """VmHWM: the most memory the process has held at once since it started."""
