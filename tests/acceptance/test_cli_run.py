@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -190,6 +191,12 @@ def test_missing_config_file_for_run(tmp_path: Path) -> None:
             'api_key_env = "OVERNIGHT_TEST_SURELY_UNSET_KEY"\n',
             ("'backends[0].api_key_env'", "OVERNIGHT_TEST_SURELY_UNSET_KEY"),
         ),
+        ('database_url = "mysql://root:hunter2@db/x"\n', ("'database_url'", "postgresql://")),
+        ('blob_url = "https://bucket.example/x"\n', ("'blob_url'", "s3://bucket")),
+        (  # a server that answers, and refuses: a wrong database name is a setting, not an outage
+            'database_url = "postgresql://postgres@127.0.0.1:5432/overnight_surely_absent_db"\n',
+            ("'database_url'", "overnight_surely_absent_db"),
+        ),
     ],
 )
 def test_serve_refuses_a_bad_config(tmp_path: Path, config: str, fragments: tuple[str, ...]) -> None:
@@ -200,6 +207,7 @@ def test_serve_refuses_a_bad_config(tmp_path: Path, config: str, fragments: tupl
     result = overnight("serve", "--config", bad, "--data-dir", tmp_path / "data", cwd=tmp_path)
     assert result.returncode != 0
     assert_one_clear_error(result, *fragments)
+    assert "hunter2" not in result.stderr  # a password in a URL is never shown
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line_and_creates_nothing(tmp_path: Path) -> None:
@@ -250,3 +258,16 @@ def test_run_rejects_a_bad_timeout(upstream: FakeUpstreamProcess, tmp_path: Path
     )
     assert result.returncode == 2
     assert_one_clear_error(result, "--timeout", "'soon'")
+
+
+def test_a_database_from_a_newer_release_is_refused_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    migrated = overnight("migrate", "--data-dir", data, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema up to date" in migrated.stderr
+    with sqlite3.connect(data / "overnight.db") as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (9999, 0)")
+    conn.close()
+    result = overnight("serve", "--port", str(free_port()), "--data-dir", data, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_clear_error(result, "[9999]", "newer release")
