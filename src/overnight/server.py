@@ -23,6 +23,7 @@ from overnight.wiring import Runtime, log_startup, open_runtime
 log = logging.getLogger("overnight")
 CLEANUP_S = 10.0  # after the engine's own grace period
 ABANDONED_UPLOAD_S = 6 * 3600  # an upload still without its record after this long was abandoned
+ABANDONED_WRITE_S = 8 * 86400  # past the longest completion window: no shard's result part runs so long
 
 
 @contextlib.contextmanager
@@ -118,6 +119,12 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
         log_startup(runtime)
         if alone:
             await _recover_alone(runtime)
+        else:  # others may be writing now: only what is older than any write could be
+            old = await runtime.blobs.discard_unfinished(started_before=time.time() - ABANDONED_WRITE_S)
+            if old:
+                log.info(
+                    "discarded %d blob write(s) unfinished for over %d days", old, ABANDONED_WRITE_S // 86400
+                )
         runner = await _start_http(runtime, roles, sock) if sock is not None else None
         tasks = []
         if roles.worker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -251,3 +252,20 @@ async def test_compose_of_nothing_stores_nothing(blobs: BlobStore) -> None:
     await blobs.put("files/empty.0", stream([]))
     assert await blobs.compose("files/none", ["files/empty.0", "files/absent.1"]) == 0
     assert not await blobs.exists("files/none")
+
+
+async def test_discarding_unfinished_writes_can_spare_recent_ones(blobs: BlobStore) -> None:
+    gate, under_way = asyncio.Event(), asyncio.Event()
+
+    async def held() -> AsyncIterator[bytes]:
+        yield b"x" * (9 << 20)  # past one S3 part: when the next is asked for, a multipart upload is open
+        under_way.set()
+        await gate.wait()
+        yield b"y"
+
+    writing = asyncio.create_task(blobs.put("files/live", held()))
+    await asyncio.wait_for(under_way.wait(), 60)
+    assert await blobs.discard_unfinished(started_before=time.time() - 3600) == 0  # recent: spared
+    gate.set()
+    assert await writing == (9 << 20) + 1
+    assert await content(blobs, "files/live") == b"x" * (9 << 20) + b"y"

@@ -54,7 +54,8 @@ class BlobStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
-    async def discard_unfinished(self) -> int:
-        """Remove what puts interrupted by a crash left behind; the number of pieces removed. Only for a
-        process that knows no put of its own or of another process is running."""
+    async def discard_unfinished(self, started_before: float | None = None) -> int:
+        """Remove what puts interrupted by a crash left behind, of those started before
+        `started_before` (Unix seconds; None: all of them, only for a process that knows no put of its
+        own or of another process is running); the number of pieces removed."""
         ...

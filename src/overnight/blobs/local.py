@@ -86,8 +86,8 @@ class LocalBlobStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
 
-    async def discard_unfinished(self) -> int:
-        return await asyncio.to_thread(_discard_temps, self._root)
+    async def discard_unfinished(self, started_before: float | None = None) -> int:
+        return await asyncio.to_thread(_discard_temps, self._root, started_before)
 
 
 async def _concatenated(blobs: LocalBlobStore, keys: Sequence[str]) -> AsyncIterator[bytes]:
@@ -137,11 +137,20 @@ def _replace(temp_name: str, path: Path) -> None:
         os.close(directory)
 
 
-def _discard_temps(root: Path) -> int:
+def _discard_temps(root: Path, started_before: float | None) -> int:
     temps = list(root.rglob(f"{TEMP_PREFIX}*")) if root.is_dir() else []
+    if started_before is not None:
+        temps = [temp for temp in temps if _started(temp) < started_before]
     for temp in temps:
         _discard(str(temp))
     return len(temps)
+
+
+def _started(temp: Path) -> float:
+    try:
+        return temp.stat().st_mtime  # a temp file is written to until its put ends: last write
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _discard(temp_name: str) -> None:

@@ -275,8 +275,9 @@ class S3BlobStore:
             return False
         return True
 
-    async def discard_unfinished(self) -> int:
-        """Abort every multipart upload under this store's prefix (those a crash left unfinished)."""
+    async def discard_unfinished(self, started_before: float | None = None) -> int:
+        """Abort the multipart uploads under this store's prefix (those a crash left unfinished) that
+        were started before `started_before` (Unix seconds; None: all)."""
         s3 = await self._s3()
         prefix = f"{self._prefix}/" if self._prefix else ""
         found: list[tuple[str, str]] = []
@@ -284,7 +285,11 @@ class S3BlobStore:
             pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=self._bucket, Prefix=prefix)
             async for page in pages:
                 for upload in page.get("Uploads", []):
-                    if "Key" in upload and "UploadId" in upload:
+                    initiated = upload.get("Initiated")
+                    old = started_before is None or (
+                        initiated is not None and initiated.timestamp() < started_before
+                    )
+                    if "Key" in upload and "UploadId" in upload and old:
                         found.append((upload["Key"], upload["UploadId"]))
         for name, upload_id in found:
             with contextlib.suppress(_Absent), self._errors():
