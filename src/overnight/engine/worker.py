@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -38,6 +39,7 @@ log = logging.getLogger("overnight.engine")
 S = BatchStatus
 ACTIVE = tuple(status for status in S if status not in TERMINAL)
 _YIELD_EVERY = 2000
+RUNS_END_S = 10.0  # at most this long, before marking a stopped batch's lines, for its runs here to end
 CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
 
 
@@ -95,6 +97,7 @@ class Engine:
         self._slots: set[asyncio.Task[None]] = set()  # each runs one shard after another
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}  # the shard each slot runs now
         self._run_stops: dict[tuple[str, int], asyncio.Event] = {}
+        self._run_ends: dict[tuple[str, int], asyncio.Event] = {}
         self._last_failures: dict[str, dict[int, Attempt]] = {}  # of lines a stop left unfinished
         self.janitor = Janitor(store, blobs, delay_s=settings.cleanup_delay_s)
         self._retry = settings.retry
@@ -346,11 +349,14 @@ class Engine:
         while shard is not None:
             key = (shard.batch_id, shard.shard_no)
             self._runs[key], self._run_stops[key] = task, asyncio.Event()
+            ended = self._run_ends[key] = asyncio.Event()
             try:
                 await self._run(shard)
             finally:
                 self._runs.pop(key, None)
                 self._run_stops.pop(key, None)
+                self._run_ends.pop(key, None)
+                ended.set()
             shard = await self._store.claim_shard(self.worker_id, self._now(), self._lease_s)
 
     def _slot_done(self, task: asyncio.Task[None]) -> None:
@@ -402,6 +408,12 @@ class Engine:
         """Cancel or expire: lines without a result get a not-run line, then the files are written
         from the recorded results."""
         if batch.in_progress_at is not None:
+            # This worker's runs of the batch were told to stop: let them end first, so the lines they
+            # leave say what their last attempt met.
+            ends = [ended.wait() for key, ended in self._run_ends.items() if key[0] == batch.id]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RUNS_END_S):
+                    await asyncio.gather(*ends)
             code = BATCH_CANCELLED if target is S.CANCELLED else BATCH_EXPIRED
             await self._mark_not_run(batch, code)
             self._probe.reached("ending.marked")
