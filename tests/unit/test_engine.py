@@ -541,9 +541,9 @@ async def test_two_workers_never_send_more_than_the_backends_limit_together(worl
     caps = [engine.schedulers["gated"].cap for engine in (first, second) if "gated" in engine.schedulers]
     assert sum(caps) <= 4
     backend.release()
-    for _ in range(20):  # each tick renews the slots and moves them to whoever still has work
-        if (await world.batch(created.id)).status is S.COMPLETED:
-            break
+    deadline = asyncio.get_running_loop().time() + CONDITION_TIMEOUT_S
+    while (await world.batch(created.id)).status is not S.COMPLETED:  # each tick moves the slots to
+        assert asyncio.get_running_loop().time() < deadline  # whoever still has work
         await asyncio.gather(first.tick(), second.tick())
         await asyncio.sleep(0.01)
     await asyncio.wait_for(asyncio.gather(first.idle(), second.idle()), CONDITION_TIMEOUT_S)

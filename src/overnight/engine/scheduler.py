@@ -67,7 +67,7 @@ class BackendScheduler:
         self._tpm = TokenBucket.per_minute(rates.tokens_per_minute) if rates.tokens_per_minute else None
         self._full_rates = [(b, b.rate_per_s, b.burst) for b in (self._rpm, self._tpm) if b is not None]
         self._cap = backend.max_concurrency  # this worker's share of the backend (engine/slots.py)
-        self.demand_changed = asyncio.Event()  # set when the first feed comes or the last one goes
+        self.demand_changed = asyncio.Event()  # the first feed came or the last went; or: look again
         self._prefetch = prefetch or max(64, 2 * backend.max_concurrency)
         self._feeds: list[Feed] = []
         self._served: dict[str, int] = {}

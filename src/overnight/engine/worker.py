@@ -195,6 +195,8 @@ class Engine:
                     if key[0] == batch.id:
                         stop.set()
         await self._renew_runs(now)
+        for scheduler in self._schedulers.values():
+            scheduler.demand_changed.set()  # each poll renews the slots and moves them to fair shares
         await self._fill_slots()
 
     async def _fill_slots(self) -> None:
