@@ -477,6 +477,17 @@ async def test_the_sweep_cleans_up_what_an_earlier_run_left(world: World) -> Non
 # -- one batch, many workers ------------------------------------------------------------------------
 
 
+async def polled_until_completed(world: World, batch_id: str, *engines: Engine) -> None:
+    """Poll every engine, as their loops would, until the batch is completed and they are idle: each
+    poll renews the slots and moves them to whoever still has work."""
+    deadline = asyncio.get_running_loop().time() + CONDITION_TIMEOUT_S
+    while (await world.batch(batch_id)).status is not S.COMPLETED:
+        assert asyncio.get_running_loop().time() < deadline, "the batch never completed"
+        await asyncio.gather(*(engine.tick() for engine in engines))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*(engine.idle() for engine in engines)), CONDITION_TIMEOUT_S)
+
+
 async def test_two_workers_share_one_batch_by_shards(world: World) -> None:
     names = [f"s{i:02d}" for i in range(20)]
     backend = GatedBackend(max_concurrency=8)
@@ -485,7 +496,7 @@ async def test_two_workers_share_one_batch_by_shards(world: World) -> None:
     created = await world.submit(names)
     await first.tick()  # validates: 4 shards of 5 lines; w1 takes two at once
     await second.tick()  # w2 takes the other two
-    await asyncio.wait_for(asyncio.gather(first.idle(), second.idle()), CONDITION_TIMEOUT_S)
+    await polled_until_completed(world, created.id, first, second)
 
     batch = await world.batch(created.id)
     assert batch.status is S.COMPLETED
@@ -541,12 +552,7 @@ async def test_two_workers_never_send_more_than_the_backends_limit_together(worl
     caps = [engine.schedulers["gated"].cap for engine in (first, second) if "gated" in engine.schedulers]
     assert sum(caps) <= 4
     backend.release()
-    deadline = asyncio.get_running_loop().time() + CONDITION_TIMEOUT_S
-    while (await world.batch(created.id)).status is not S.COMPLETED:  # each tick moves the slots to
-        assert asyncio.get_running_loop().time() < deadline  # whoever still has work
-        await asyncio.gather(first.tick(), second.tick())
-        await asyncio.sleep(0.01)
-    await asyncio.wait_for(asyncio.gather(first.idle(), second.idle()), CONDITION_TIMEOUT_S)
+    await polled_until_completed(world, created.id, first, second)
     batch = await world.batch(created.id)
     assert batch.status is S.COMPLETED
     assert backend.max_in_flight == 4
