@@ -3,8 +3,9 @@
 requests in flight than the slots it holds, nor a larger part of the rate limits.
 
 The keeper asks for the worker's fair share whenever the scheduler's demand changes (its first batch
-comes, its last one goes) and at each poll, which also renews the leases. Slots above the share go
-back as the requests using them finish; a dead worker's slots come back when their lease runs out.
+comes, its last one goes) and at each poll, which also renews the leases; while it holds more or
+fewer slots than its share, every REBALANCE_S. Slots above the share go back as the requests using
+them finish; a dead worker's slots come back when their lease runs out.
 A worker that cannot reach the store stops sending new requests until it can (its leases would run
 out and its slots go to others).
 """
@@ -21,6 +22,7 @@ from overnight.engine.waiting import wait_event
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.engine")
+REBALANCE_S = 0.1  # how often to look again while this worker holds more or fewer slots than its share
 
 
 class SlotKeeper:
@@ -45,10 +47,18 @@ class SlotKeeper:
 
     async def _keep(self) -> None:
         scheduler = self._scheduler
+        wanted_at = float("-inf")
         while True:
             scheduler.demand_changed.clear()
+            now = self._clock.now()
+            if scheduler.wants_slots:
+                wanted_at = now
+            # Between two shards the scheduler has no work for a moment: keep the share a poll longer
+            # rather than give it all back and ask for it again.
+            wants = now - wanted_at < self._interval
+            interval = self._interval
             try:
-                held, share = await self._hold(scheduler.wants_slots)
+                held, share = await self._hold(wants)
             except Exception as exc:
                 log.warning(
                     "backend %s: cannot renew this worker's slots (%s); sending nothing new until the store "
@@ -59,7 +69,9 @@ class SlotKeeper:
                 scheduler.set_cap(0)
             else:
                 scheduler.set_cap(min(held, share))
-            await wait_event(scheduler.demand_changed, self._interval)
+                if held != share and wants:  # slots to give back as requests end, or to get: soon
+                    interval = min(interval, REBALANCE_S)
+            await wait_event(scheduler.demand_changed, interval)
 
     async def _hold(self, wants: bool) -> tuple[int, int]:
         scheduler = self._scheduler
