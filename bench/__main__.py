@@ -13,11 +13,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import crash, dispatch, embeddings, ingest, latency, scaleout, soak, stall
+from . import cluster_crash, crash, dispatch, embeddings, ingest, latency, scaleout, soak, stall, workers
 from .procs import machine
 from .report import Section, render
 
-SCENARIOS = ("dispatch", "latency", "ingest", "crash", "embeddings", "stall", "scaleout")
+SCENARIOS = (
+    "dispatch",
+    "latency",
+    "ingest",
+    "crash",
+    "embeddings",
+    "stall",
+    "scaleout",
+    "workers",
+    "cluster_crash",
+)
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
 
@@ -30,12 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated scenarios (default: {','.join(SCENARIOS)})",
     )
     parser.add_argument(
-        "--requests", type=int, help="requests per batch for dispatch, latency, crash and scaleout"
+        "--requests",
+        type=int,
+        help="requests per batch for dispatch, latency, crash, scaleout, cluster_crash; per worker: workers",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the harness")
     parser.add_argument("--seed", type=int, default=20261126, help="random kill moments of the soak scenario")
     parser.add_argument(
-        "--concurrency", type=int, default=64, help="dispatch, crash and scaleout concurrency (64)"
+        "--concurrency",
+        type=int,
+        default=64,
+        help="dispatch, crash, scaleout and cluster_crash concurrency (64)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs, data)")
@@ -54,6 +69,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
     crash_n = args.requests or (4_000 if quick else 20_000)
     scaleout_n = args.requests or (2_000 if quick else 50_000)
     embeddings_n = 500 if quick else 5_000
+    workers_n = args.requests or (2_000 if quick else 20_000)  # per worker: N workers get N times as many
     c = args.concurrency
     return {
         "dispatch": lambda: dispatch.run(work, dispatch_n, c, args.py_spy),
@@ -63,6 +79,8 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "embeddings": lambda: embeddings.run(work, embeddings_n),
         "stall": lambda: stall.run(work),
         "scaleout": lambda: scaleout.run(work, scaleout_n, c),
+        "workers": lambda: workers.run(work, workers_n, 50.0),
+        "cluster_crash": lambda: cluster_crash.run(work, crash_n, c, 20.0),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

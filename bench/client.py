@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ class Api:
         self._base = base_url
         self._headers = {"Authorization": "Bearer bench"}
         self.retrieve_ms: list[float] = []  # the latency of each GET /batches/{id}, in order
+        self.progress: list[tuple[float, int]] = []  # (Unix time, lines with a result) at each GET
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         async with self._session.request(method, self._base + path, headers=self._headers, **kwargs) as r:
@@ -61,6 +62,8 @@ class Api:
         started = time.perf_counter()
         batch = await self._json("GET", f"/batches/{batch_id}")
         self.retrieve_ms.append((time.perf_counter() - started) * 1000)
+        counts = batch["request_counts"]
+        self.progress.append((time.time(), counts["completed"] + counts["failed"]))
         return batch
 
     async def wait(self, batch_id: str, until: Callable[[Batch], bool], poll_s: float = POLL_S) -> Batch:
@@ -122,6 +125,7 @@ class BatchRun:
     cores: dict[str, float]
     batch: Batch = field(repr=False)
     poll_ms: list[float] = field(default_factory=list, repr=False)  # each GET /batches/{id}, while it ran
+    progress: list[tuple[float, int]] = field(default_factory=list, repr=False)  # Api.progress
 
     @property
     def rps(self) -> float:
@@ -153,8 +157,11 @@ async def run_batch(
     *,
     endpoint: str = ENDPOINT,
     poll_s: float = POLL_S,
+    workers: Sequence[Overnight] = (),
 ) -> BatchRun:
-    """Upload, create, poll every `poll_s` until the batch ends, download its output (and error) file."""
+    """Upload, create, poll every `poll_s` until the batch ends, download its output (and error) file.
+    `workers`: the processes that run the batch when `server` is an API server alone; the batch's phases
+    are read from their logs and the server's together."""
     meter = CpuMeter({"overnight": [server.pid], **(watch or {})}, main_thread_of=("overnight",))
     async with session() as http:
         api = Api(http, server.base_url)
@@ -170,7 +177,8 @@ async def run_batch(
         t_done = time.time()
         meter.stop()
         errors = await api.content(batch["error_file_id"]) if batch.get("error_file_id") else b""
-    events = log_events(server.log(), batch["id"], uploaded["id"])
+    logs = "\n".join(process.log() for process in (server, *workers))
+    events = log_events(logs, batch["id"], uploaded["id"])
     phases: dict[str, float | None] = {
         "upload": round((t_uploaded - t0) * 1000, 1),
         "create": round((t_created - t_uploaded) * 1000, 1),
@@ -193,4 +201,5 @@ async def run_batch(
         cores=meter.cores(),
         batch=batch,
         poll_ms=api.retrieve_ms,
+        progress=api.progress,
     )

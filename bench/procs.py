@@ -221,8 +221,12 @@ class Profiler:
             print(f"bench: py-spy profile of the server written to {self._output}", file=sys.stderr)
 
 
+ROLES = ("serve", "api", "worker")
+
+
 class Overnight:
-    """`overnight serve` as a subprocess with its own data folder, config file and log file."""
+    """`overnight serve` as a subprocess with its own data folder, config file and log file; or, by `role`,
+    an API server alone (`serve --no-worker`) or a worker alone (`worker --metrics-port`)."""
 
     def __init__(
         self,
@@ -232,15 +236,22 @@ class Overnight:
         max_concurrency: int,
         *,
         env: Mapping[str, str | None] | None = None,
+        role: str = "serve",
         **settings: float | str,
     ) -> None:
         """`upstream` None: no backend, so only the local models (on by default) serve. `env`: variables
-        to set (a string) or to remove (None) in the server's environment, which is otherwise this one."""
+        to set (a string) or to remove (None) in the server's environment, which is otherwise this one.
+        `role`: "serve" (API and worker in one process), "api" or "worker" (its port serves /metrics
+        and /health only)."""
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: one of {ROLES}")
+        self.role = role
         self.data_dir = work / f"{name}-data"
         self.config = work / f"{name}.toml"
         self.log_path = work / f"{name}.log"
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.root}/v1"
         self.settings: dict[str, float | str] = dict(settings)
         lines = [f"{key} = {json.dumps(value)}" for key, value in self.settings.items()]
         if upstream is not None:
@@ -267,14 +278,28 @@ class Overnight:
         merged = {**os.environ, **self.env}
         return {name: value for name, value in merged.items() if value is not None}
 
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "overnight"]
+        if self.role == "worker":
+            command += ["worker", "--metrics-port", str(self.port)]
+        else:
+            command += ["serve", "--port", str(self.port), *(["--no-worker"] if self.role == "api" else [])]
+        return [*command, "--data-dir", str(self.data_dir), "--config", str(self.config)]
+
     def start(self) -> Overnight:
-        command = [sys.executable, "-m", "overnight", "serve", "--port", str(self.port)]
-        command += ["--data-dir", str(self.data_dir), "--config", str(self.config)]
+        return self.launch().wait_healthy()
+
+    def launch(self) -> Overnight:
+        """Start the process without waiting for it (start() = launch() + wait_healthy())."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.environment()
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.environment()
             )
-        wait_until_healthy(f"http://127.0.0.1:{self.port}/health", self.process)
+        return self
+
+    def wait_healthy(self) -> Overnight:
+        assert self.process is not None
+        wait_until_healthy(f"{self.root}/health", self.process)
         return self
 
     def migrate(self, timeout: float = 120.0) -> str:

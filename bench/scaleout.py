@@ -171,7 +171,8 @@ class Sampler:
 
     pids: dict[str, list[int]]
     db: Database | None = None
-    main_thread_of: str = SERVER  # a group of one process whose main thread (event loop) is read too
+    # groups of one process each whose main thread (event loop) is read too
+    main_thread_of: str | tuple[str, ...] = SERVER
     points: list[Point] = field(default_factory=list)
     backends_seen: set[int] = field(default_factory=set)
     backends_local: bool = False  # whether any backend was a process on this machine
@@ -185,8 +186,9 @@ class Sampler:
         cpu = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
         cpu["bench client"] = time.process_time()
         cpu["everything"] = machine_busy_seconds()
-        main = self.pids[self.main_thread_of][0]
-        cpu[self.main_thread_of + LOOP] = cpu_seconds(main, main)
+        for name in (self.main_thread_of,) if isinstance(self.main_thread_of, str) else self.main_thread_of:
+            main = self.pids[name][0]
+            cpu[name + LOOP] = cpu_seconds(main, main)
         counters: dict[str, float] = {}
         if self.db is not None:
             reading = await self.db.read()
@@ -350,11 +352,11 @@ def _no_stores() -> dict[str, str | None]:
     return dict.fromkeys(STORE_VARIABLES)
 
 
-def _stores(db: Database, s3: SeaweedS3) -> dict[str, str | None]:
+def _stores(db: Database, s3: SeaweedS3, prefix: str = BLOB_PREFIX) -> dict[str, str | None]:
     return {
         **_no_stores(),
         "OVERNIGHT_DATABASE_URL": db.dsn,
-        "OVERNIGHT_BLOB_URL": f"s3://{s3.bucket}/{BLOB_PREFIX}",
+        "OVERNIGHT_BLOB_URL": f"s3://{s3.bucket}/{prefix}",
         "AWS_ENDPOINT_URL": s3.endpoint_url,
         "AWS_REGION": s3.region,
         "AWS_ACCESS_KEY_ID": s3.access_key_id,
@@ -363,17 +365,17 @@ def _stores(db: Database, s3: SeaweedS3) -> dict[str, str | None]:
 
 
 @contextlib.contextmanager
-def _seaweed(work: Path) -> Iterator[SeaweedS3]:
+def _seaweed(work: Path, name: str = "scaleout") -> Iterator[SeaweedS3]:
     """SeaweedFS for the run; its folder is removed at the end (its log copied beside the server logs)."""
     from support.seaweed import SeaweedS3
 
-    root = work / "scaleout-seaweed"
+    root = work / f"{name}-seaweed"
     try:
         with SeaweedS3(root, bucket=BUCKET) as s3:
             yield s3
     finally:
         with contextlib.suppress(OSError):
-            shutil.copyfile(root / "weed.log", work / "scaleout-weed.log")
+            shutil.copyfile(root / "weed.log", work / f"{name}-weed.log")
         shutil.rmtree(root, ignore_errors=True)
 
 
