@@ -7,9 +7,8 @@ import dataclasses
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -32,6 +31,7 @@ from overnight.store import sqlite_leases as leases
 from overnight.store import sqlite_shards as shards
 from overnight.store import sqlite_slots as slots
 from overnight.store.base import ALL_LINES, LineRange, Order
+from overnight.store.sqlite_tx import transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,18 +44,6 @@ BUSY_TIMEOUT_MS = 5000
 # -- connection and schema -----------------------------------------------------------------------
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def _applied_versions(conn: sqlite3.Connection) -> set[int]:
     return {version for (version,) in conn.execute("SELECT version FROM schema_migrations")}
 
@@ -66,7 +54,7 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[schema.Migration], n
     schema.check_known(_applied_versions(conn), migrations)
     applied = []
     for migration in migrations:
-        with _transaction(conn):
+        with transaction(conn):
             if migration.version in _applied_versions(conn):  # also when another process just did it
                 continue
             for statement in schema.split_statements(migration.sql):
@@ -184,7 +172,7 @@ def _page(items: list[T], limit: int) -> Page[T]:
 def _add_file(conn: sqlite3.Connection, file: FileObject) -> None:
     values = tuple(getattr(file, name) for name in _FILE_COLUMNS)
     updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "id")
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(
             f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({_placeholders(len(values))})"
             f" ON CONFLICT (id) DO UPDATE SET {updates}",
@@ -330,7 +318,7 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
     Usually every row is new: one executemany does it. When some line already had a result (a
     request re-run after a crash), that attempt is rolled back and the rows go one at a time.
     """
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute("SAVEPOINT fast")
         before = conn.total_changes
         conn.executemany(_RESULT_INSERT, [_result_params(batch_id, row) for row in rows])

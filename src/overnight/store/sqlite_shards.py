@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from overnight.domain.models import BatchStatus, Shard
+from overnight.store.sqlite_tx import transaction
 
 _COLUMNS = "batch_id, shard_no, first_line, end_line, start_offset, shard_count, done, part"
 
@@ -16,17 +17,12 @@ def _shard(row: tuple[str, int, int, int, int, int, int, str | None]) -> Shard:
 
 
 def add_shards(conn: sqlite3.Connection, shards: Sequence[Shard]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.executemany(
             f"INSERT INTO shards ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, NULL)"
             " ON CONFLICT (batch_id, shard_no) DO NOTHING",
             [(s.batch_id, s.shard_no, s.first_line, s.end_line, s.start_offset, s.count) for s in shards],
         )
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # The shard to claim: of a batch in progress, not done, free (or its lease ran out); earliest deadline
@@ -44,8 +40,7 @@ LIMIT 1
 
 
 def claim_shard(conn: sqlite3.Connection, worker: str, now: int, lease_s: int) -> Shard | None:
-    conn.execute("BEGIN IMMEDIATE")  # the pick and the claim in one write transaction
-    try:
+    with transaction(conn):  # the pick and the claim in one write transaction
         found = conn.execute(_CLAIMABLE, {"now": now}).fetchone()
         row = None
         if found is not None:
@@ -54,10 +49,6 @@ def claim_shard(conn: sqlite3.Connection, worker: str, now: int, lease_s: int) -
                 f" RETURNING {_COLUMNS}",
                 (worker, now + lease_s, *found),
             ).fetchone()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return None if row is None else _shard(row)
 
 
