@@ -13,7 +13,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import cluster_crash, crash, dispatch, embeddings, ingest, latency, scaleout, soak, stall, workers
+from . import (
+    cluster_crash,
+    crash,
+    dispatch,
+    embeddings,
+    ingest,
+    latency,
+    pgdriver_dispatch,
+    scaleout,
+    soak,
+    stall,
+    workers,
+)
 from .procs import machine
 from .report import Section, render
 
@@ -27,6 +39,7 @@ SCENARIOS = (
     "scaleout",
     "workers",
     "cluster_crash",
+    "pgdriver_dispatch",
 )
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
@@ -81,6 +94,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "scaleout": lambda: scaleout.run(work, scaleout_n, c),
         "workers": lambda: workers.run(work, workers_n, 50.0),
         "cluster_crash": lambda: cluster_crash.run(work, crash_n, c, 20.0),
+        "pgdriver_dispatch": lambda: pgdriver_dispatch.run(work, scaleout_n, c),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 
