@@ -75,11 +75,13 @@ class SlotKeeper:
 
     async def _hold(self, wants: bool) -> tuple[int, int]:
         scheduler = self._scheduler
+        # In use: what is in flight now, or may be by the time the store answers (the scheduler goes on
+        # sending up to its cap meanwhile): a slot given back on a smaller count could be in use twice.
         return await self._store.hold_slots(
             scheduler.backend.name,
             self._worker,
             wants=wants,
-            in_use=scheduler.in_flight,
+            in_use=max(scheduler.in_flight, scheduler.cap),
             limit=scheduler.backend.max_concurrency,
             now=int(self._clock.now()),
             lease_s=self._lease_s,
