@@ -73,7 +73,7 @@ class SlotKeeper:
                     interval = min(interval, REBALANCE_S)
             await wait_event(scheduler.demand_changed, interval)
 
-    async def _hold(self, wants: bool) -> tuple[int, int]:
+    async def _hold(self, wants: bool, in_use: int | None = None) -> tuple[int, int]:
         scheduler = self._scheduler
         # In use: what is in flight now, or may be by the time the store answers (the scheduler goes on
         # sending up to its cap meanwhile): a slot given back on a smaller count could be in use twice.
@@ -81,7 +81,7 @@ class SlotKeeper:
             scheduler.backend.name,
             self._worker,
             wants=wants,
-            in_use=max(scheduler.in_flight, scheduler.cap),
+            in_use=max(scheduler.in_flight, scheduler.cap) if in_use is None else in_use,
             limit=scheduler.backend.max_concurrency,
             now=int(self._clock.now()),
             lease_s=self._lease_s,
@@ -93,4 +93,4 @@ class SlotKeeper:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         with contextlib.suppress(Exception):
-            await self._hold(False)
+            await self._hold(False, in_use=0)

@@ -354,12 +354,27 @@ class Engine:
             ended = self._run_ends[key] = asyncio.Event()
             try:
                 await self._run(shard)
+            except (ConnectionError, OSError) as exc:
+                # The store went away mid-run: what was recorded stays recorded; the shard runs again
+                # (here or elsewhere) once its lease runs out, skipping those lines.
+                log.warning(
+                    "shard batch=%s shard=%d: the store did not answer (%s); it runs again after its lease",
+                    *key,
+                    _why(exc),
+                )
+                return
             finally:
                 self._runs.pop(key, None)
                 self._run_stops.pop(key, None)
                 self._run_ends.pop(key, None)
                 ended.set()
-            shard = await self._store.claim_shard(self.worker_id, self._now(), self._lease_s)
+            try:
+                shard = await self._store.claim_shard(self.worker_id, self._now(), self._lease_s)
+            except (ConnectionError, OSError) as exc:
+                log.warning(
+                    "worker %s cannot claim shards (%s); the next poll tries again", self.worker_id, _why(exc)
+                )
+                return
 
     def _slot_done(self, task: asyncio.Task[None]) -> None:
         self._slots.discard(task)

@@ -8,6 +8,12 @@ from typing import Literal, Protocol
 from overnight.domain.models import Batch, BatchStatus, FileObject, Page, ResultKind, ResultRow, Shard
 
 Order = Literal["asc", "desc"]
+
+
+class StoreUnavailable(ConnectionError):
+    """The store did not answer (a connection lost, a server gone): worth trying again later."""
+
+
 LineRange = tuple[int, int]  # first line, and the line after the last
 ALL_LINES: LineRange = (0, 2**62)
 

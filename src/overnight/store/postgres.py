@@ -36,7 +36,7 @@ from overnight.domain.models import (
 )
 from overnight.store import postgres_sql as sql
 from overnight.store import schema
-from overnight.store.base import ALL_LINES, LineRange, Order
+from overnight.store.base import ALL_LINES, LineRange, Order, StoreUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,7 +52,7 @@ SERVER_SETTINGS = {"application_name": "overnight", "jit": "off"}  # short state
 _TERMINAL = sorted(status.value for status in TERMINAL)
 
 
-class PostgresUnavailable(ConnectionError):
+class PostgresUnavailable(StoreUnavailable):
     """The database could not be reached or refused the connection (the message names no password).
     `transient` when it may answer later (refused, timed out, reset) rather than a setting being wrong
     (a host that does not resolve, a bad password, a database that does not exist)."""
@@ -93,9 +93,11 @@ def _scrubbed(text: str, dsn: str) -> str:
     return text
 
 
-def _unavailable(dsn: str, exc: BaseException) -> PostgresUnavailable:
+def _unavailable(dsn: str, exc: BaseException, *, transient: bool = False) -> PostgresUnavailable:
     reason = _scrubbed(f"{type(exc).__name__}: {exc}", dsn)
-    transient = isinstance(exc, OSError | TimeoutError) and not isinstance(exc, socket.gaierror)
+    transient = transient or (
+        isinstance(exc, OSError | TimeoutError) and not isinstance(exc, socket.gaierror)
+    )
     transient = transient or isinstance(exc, asyncpg.CannotConnectNowError)  # the server is starting
     return PostgresUnavailable(f"cannot use PostgreSQL at {describe(dsn)}: {reason}", transient=transient)
 
@@ -286,7 +288,10 @@ class PostgresStore:
         job = asyncio.ensure_future(operation(pool))
         self._running.add(job)
         job.add_done_callback(self._running.discard)
-        return await asyncio.shield(job)
+        try:
+            return await asyncio.shield(job)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            raise _unavailable(self._dsn, exc, transient=True) from None
 
     async def _execute(self, query: str, *args: Any) -> int:
         return _changed(await self._call(lambda pool: pool.execute(query, *args)))
