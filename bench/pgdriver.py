@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from overnight.store import postgres_sql as sql
+from overnight.store import rows
 
 from .report import Section
 
@@ -70,7 +71,7 @@ def _groups() -> list[list[Any]]:
 
 
 def _batch_params(batch_id: str) -> list[Any]:
-    values: dict[str, Any] = dict.fromkeys(sql.BATCH_COLUMNS)
+    values: dict[str, Any] = dict.fromkeys(rows.BATCH_COLUMNS)
     values.update(
         id=batch_id,
         project="proj",
@@ -82,9 +83,9 @@ def _batch_params(batch_id: str) -> list[Any]:
         status="in_progress",
         errors="[]",
         total=STREAM,
-        **dict.fromkeys(sql.COUNTERS, 0),
+        **dict.fromkeys(rows.COUNTERS, 0),
     )
-    return [values[column] for column in sql.BATCH_COLUMNS]
+    return [values[column] for column in rows.BATCH_COLUMNS]
 
 
 class _Asyncpg:

@@ -9,8 +9,6 @@ wait for the lock and then find nothing left to do. The DSN may carry a password
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -24,19 +22,24 @@ from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.limits import fair_share
 from overnight.domain.models import (
     Batch,
-    BatchError,
     BatchStatus,
     FileObject,
     Page,
-    RequestCounts,
     ResultKind,
     ResultRow,
     Shard,
-    Usage,
 )
 from overnight.store import postgres_sql as sql
 from overnight.store import schema
 from overnight.store.base import ALL_LINES, LineRange, Order, StoreUnavailable
+from overnight.store.rows import (
+    BATCH_COLUMNS,
+    TRANSITION_COLUMNS,
+    batch_from_row,
+    batch_values,
+    page,
+    shard_from_row,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -155,35 +158,6 @@ def _file_from_row(row: asyncpg.Record) -> FileObject:
     return FileObject(*row)
 
 
-def _batch_params(batch: Batch) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(batch, name) for name in sql.BATCH_PLAIN}
-    values["status"] = batch.status.value
-    values["metadata"] = None if batch.metadata is None else json.dumps(batch.metadata)
-    values["errors"] = json.dumps([dataclasses.asdict(error) for error in batch.errors])
-    values["total"] = batch.request_counts.total
-    values["completed"] = batch.request_counts.completed
-    values["failed"] = batch.request_counts.failed
-    values.update(dataclasses.asdict(batch.usage))
-    return values
-
-
-def _batch_from_row(row: asyncpg.Record) -> Batch:
-    values = dict(zip(sql.BATCH_COLUMNS, row, strict=True))
-    return Batch(
-        **{name: values[name] for name in sql.BATCH_PLAIN},
-        status=BatchStatus(values["status"]),
-        metadata=None if values["metadata"] is None else json.loads(values["metadata"]),
-        errors=tuple(BatchError(**error) for error in json.loads(values["errors"])),
-        request_counts=RequestCounts(values["total"], values["completed"], values["failed"]),
-        usage=Usage(
-            values["input_tokens"],
-            values["output_tokens"],
-            values["cached_tokens"],
-            values["reasoning_tokens"],
-        ),
-    )
-
-
 def _result_columns(rows: Sequence[ResultRow]) -> list[list[Any]]:
     """One array per column, of the first row of each line, in line order (see RECORD_RESULTS)."""
     first: dict[int, ResultRow] = {}
@@ -206,10 +180,6 @@ def _changed(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _page(items: list[T], limit: int) -> Page[T]:
-    return Page(items=items[:limit], has_more=len(items) > limit)
-
-
 def _values(statuses: Collection[BatchStatus]) -> list[str]:
     return sorted({BatchStatus(status).value for status in statuses})
 
@@ -222,11 +192,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction): the store's statements never change session state (no SET, LISTEN, cursor or advisory
     lock; the migration lock has a connection of its own), and the default reset query is one more round
     trip per call, which halved get_batch's rate (bench/pgdriver.py)."""
-
-
-def _shard_from_row(row: asyncpg.Record) -> Shard:
-    batch_id, shard_no, first, end, offset, count, done, part = row
-    return Shard(batch_id, shard_no, first, end, offset, count, bool(done), part)
 
 
 class PostgresStore:
@@ -328,7 +293,7 @@ class PostgresStore:
         query = sql.LIST_FILES[(purpose is not None, after is not None, order == "asc")]
         args = [value for value in (purpose, after) if value is not None]
         rows = await self._fetch(query, project, *args, max(limit, 0) + 1)
-        return _page([_file_from_row(row) for row in rows], limit)
+        return page([_file_from_row(row) for row in rows], limit)
 
     async def delete_file(self, project: str, file_id: str) -> bool:
         return await self._execute(sql.DELETE_FILE, file_id, project) > 0
@@ -343,36 +308,36 @@ class PostgresStore:
 
     # -- batches ---------------------------------------------------------------------------------
     async def add_batch(self, batch: Batch) -> None:
-        values = _batch_params(batch)
-        await self._execute(sql.ADD_BATCH, *(values[column] for column in sql.BATCH_COLUMNS))
+        values = batch_values(batch)
+        await self._execute(sql.ADD_BATCH, *(values[column] for column in BATCH_COLUMNS))
 
     async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
         if project is None:
             row = await self._fetchrow(sql.GET_BATCH, batch_id)
         else:
             row = await self._fetchrow(sql.GET_PROJECT_BATCH, batch_id, project)
-        return None if row is None else _batch_from_row(row)
+        return None if row is None else batch_from_row(row)
 
     async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
         if after is None:
             rows = await self._fetch(sql.LIST_BATCHES, project, max(limit, 0) + 1)
         else:
             rows = await self._fetch(sql.LIST_BATCHES_AFTER, project, after, max(limit, 0) + 1)
-        return _page([_batch_from_row(row) for row in rows], limit)
+        return page([batch_from_row(row) for row in rows], limit)
 
     async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
         statuses = _values(expected)
         if not statuses:
             return False
-        values = _batch_params(batch)
-        changes = (values[column] for column in sql.TRANSITION_COLUMNS)
+        values = batch_values(batch)
+        changes = (values[column] for column in TRANSITION_COLUMNS)
         return await self._execute(sql.TRANSITION_BATCH, batch.id, *changes, statuses) > 0
 
     async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
         wanted = _values(statuses)
         if not wanted:
             return []
-        return [_batch_from_row(row) for row in await self._fetch(sql.BATCHES_IN, wanted)]
+        return [batch_from_row(row) for row in await self._fetch(sql.BATCHES_IN, wanted)]
 
     async def count_batches(self) -> dict[BatchStatus, int]:
         return {BatchStatus(status): count for status, count in await self._fetch(sql.COUNT_BATCHES)}
@@ -402,7 +367,7 @@ class PostgresStore:
 
     async def claim_shard(self, worker: str, now: int, lease_s: int) -> Shard | None:
         row = await self._fetchrow(sql.CLAIM_SHARD, worker, now, lease_s)
-        return None if row is None else _shard_from_row(row)
+        return None if row is None else shard_from_row(row)
 
     async def renew_shard(self, batch_id: str, shard_no: int, worker: str, now: int, lease_s: int) -> bool:
         return await self._execute(sql.RENEW_SHARD, batch_id, shard_no, worker, now, lease_s) > 0
@@ -414,7 +379,7 @@ class PostgresStore:
         await self._execute(sql.RELEASE_SHARD, batch_id, shard_no, worker)
 
     async def shards_of(self, batch_id: str) -> list[Shard]:
-        return [_shard_from_row(row) for row in await self._fetch(sql.SHARDS_OF, batch_id)]
+        return [shard_from_row(row) for row in await self._fetch(sql.SHARDS_OF, batch_id)]
 
     # -- slots -----------------------------------------------------------------------------------
     async def hold_slots(

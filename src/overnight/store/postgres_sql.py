@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from overnight.domain.lifecycle import STAMP
 from overnight.domain.models import FileObject
+from overnight.store.rows import BATCH_COLUMNS, TRANSITION_COLUMNS
 
 # A fixed key for pg_advisory_lock: every process that migrates one database takes this lock first.
 MIGRATION_LOCK_KEY = 0x6F7665726E69  # "overni"
@@ -66,16 +66,6 @@ LIST_FILES = {
 
 # -- batches -------------------------------------------------------------------------------------
 
-STAMPS = tuple(STAMP.values())
-# Columns that hold a Batch field as it is.
-BATCH_PLAIN = (
-    *("id", "project", "endpoint", "input_file_id", "completion_window", "created_at", "expires_at"),
-    *("output_expires_after", "model", "output_file_id", "error_file_id", *STAMPS),
-)
-COUNTERS = ("completed", "failed", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
-BATCH_COLUMNS = (*BATCH_PLAIN, "status", "metadata", "errors", "total", *COUNTERS)
-# What a transition may change: never the counters, which belong to record_results.
-TRANSITION_COLUMNS = ("status", "model", "errors", "output_file_id", "error_file_id", "total", *STAMPS)
 
 _BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
 ADD_BATCH = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,24 +12,29 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from overnight.domain.clock import Clock, SystemClock
-from overnight.domain.lifecycle import STAMP, TERMINAL
+from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import (
     Batch,
-    BatchError,
     BatchStatus,
     FileObject,
     Page,
-    RequestCounts,
     ResultKind,
     ResultRow,
     Shard,
-    Usage,
 )
 from overnight.store import schema
 from overnight.store import sqlite_leases as leases
 from overnight.store import sqlite_shards as shards
 from overnight.store import sqlite_slots as slots
 from overnight.store.base import ALL_LINES, LineRange, Order
+from overnight.store.rows import (
+    BATCH_COLUMNS,
+    COUNTERS,
+    TRANSITION_COLUMNS,
+    batch_from_row,
+    batch_values,
+    page,
+)
 from overnight.store.sqlite_tx import transaction
 
 P = ParamSpec("P")
@@ -104,66 +108,23 @@ def _connect_and_migrate(path: Path, migrations: Sequence[schema.Migration], now
 _FILE_COLUMNS = tuple(field.name for field in dataclasses.fields(FileObject))
 _FILE_SELECT = f"SELECT {', '.join(_FILE_COLUMNS)} FROM files"
 
-_STAMPS = tuple(STAMP.values())
-# Columns that hold a Batch field as it is.
-_BATCH_PLAIN = (
-    *("id", "project", "endpoint", "input_file_id", "completion_window", "created_at", "expires_at"),
-    *("output_expires_after", "model", "output_file_id", "error_file_id", *_STAMPS),
-)
-_COUNTERS = ("completed", "failed", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
-_BATCH_COLUMNS = (*_BATCH_PLAIN, "status", "metadata", "errors", "total", *_COUNTERS)
-_BATCH_SELECT = f"SELECT {', '.join(_BATCH_COLUMNS)} FROM batches"
+_BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
 _BATCH_INSERT = (
-    f"INSERT INTO batches ({', '.join(_BATCH_COLUMNS)}) VALUES ({', '.join('?' for _ in _BATCH_COLUMNS)})"
+    f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) VALUES ({', '.join('?' for _ in BATCH_COLUMNS)})"
 )
-# What a transition may change: never the counters, which belong to record_results.
-_TRANSITION_COLUMNS = ("status", "model", "errors", "output_file_id", "error_file_id", "total", *_STAMPS)
-_TRANSITION_SET = ", ".join(f"{column} = ?" for column in _TRANSITION_COLUMNS)
+_TRANSITION_SET = ", ".join(f"{column} = ?" for column in TRANSITION_COLUMNS)
 
 _RESULT_INSERT = (
     "INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,"
     " reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, line_no) DO NOTHING"
 )
-_COUNTERS_ADD = (
-    f"UPDATE batches SET {', '.join(f'{column} = {column} + ?' for column in _COUNTERS)} WHERE id = ?"
+COUNTERS_ADD = (
+    f"UPDATE batches SET {', '.join(f'{column} = {column} + ?' for column in COUNTERS)} WHERE id = ?"
 )
 
 
 def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
-
-
-def _batch_values(batch: Batch) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(batch, name) for name in _BATCH_PLAIN}
-    values["status"] = batch.status.value
-    values["metadata"] = None if batch.metadata is None else json.dumps(batch.metadata)
-    values["errors"] = json.dumps([dataclasses.asdict(error) for error in batch.errors])
-    values["total"] = batch.request_counts.total
-    values["completed"] = batch.request_counts.completed
-    values["failed"] = batch.request_counts.failed
-    values.update(dataclasses.asdict(batch.usage))
-    return values
-
-
-def _batch_from_row(row: Sequence[Any]) -> Batch:
-    values = dict(zip(_BATCH_COLUMNS, row, strict=True))
-    return Batch(
-        **{name: values[name] for name in _BATCH_PLAIN},
-        status=BatchStatus(values["status"]),
-        metadata=None if values["metadata"] is None else json.loads(values["metadata"]),
-        errors=tuple(BatchError(**error) for error in json.loads(values["errors"])),
-        request_counts=RequestCounts(values["total"], values["completed"], values["failed"]),
-        usage=Usage(
-            values["input_tokens"],
-            values["output_tokens"],
-            values["cached_tokens"],
-            values["reasoning_tokens"],
-        ),
-    )
-
-
-def _page(items: list[T], limit: int) -> Page[T]:
-    return Page(items=items[:limit], has_more=len(items) > limit)
 
 
 # -- the operations, each run on the store's thread ------------------------------------------------
@@ -217,7 +178,7 @@ def _list_files(
     direction = "ASC" if ascending else "DESC"
     sql = f"{_FILE_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id {direction} LIMIT ?"
     rows = conn.execute(sql, (*params, max(limit, 0) + 1)).fetchall()
-    return _page([FileObject(*row) for row in rows], limit)
+    return page([FileObject(*row) for row in rows], limit)
 
 
 def _delete_file(conn: sqlite3.Connection, project: str, file_id: str) -> bool:
@@ -237,8 +198,8 @@ def _file_in_use(conn: sqlite3.Connection, file_id: str) -> bool:
 
 
 def _add_batch(conn: sqlite3.Connection, batch: Batch) -> None:
-    values = _batch_values(batch)
-    conn.execute(_BATCH_INSERT, tuple(values[column] for column in _BATCH_COLUMNS))
+    values = batch_values(batch)
+    conn.execute(_BATCH_INSERT, tuple(values[column] for column in BATCH_COLUMNS))
 
 
 def _get_batch(conn: sqlite3.Connection, batch_id: str, project: str | None) -> Batch | None:
@@ -246,7 +207,7 @@ def _get_batch(conn: sqlite3.Connection, batch_id: str, project: str | None) -> 
         row = conn.execute(f"{_BATCH_SELECT} WHERE id = ?", (batch_id,)).fetchone()
     else:
         row = conn.execute(f"{_BATCH_SELECT} WHERE id = ? AND project = ?", (batch_id, project)).fetchone()
-    return None if row is None else _batch_from_row(row)
+    return None if row is None else batch_from_row(row)
 
 
 def _list_batches(conn: sqlite3.Connection, project: str, after: str | None, limit: int) -> Page[Batch]:
@@ -256,19 +217,19 @@ def _list_batches(conn: sqlite3.Connection, project: str, after: str | None, lim
         params.append(after)
     sql = f"{_BATCH_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
     rows = conn.execute(sql, (*params, max(limit, 0) + 1)).fetchall()
-    return _page([_batch_from_row(row) for row in rows], limit)
+    return page([batch_from_row(row) for row in rows], limit)
 
 
 def _transition_batch(conn: sqlite3.Connection, batch: Batch, expected: list[str]) -> bool:
-    values = _batch_values(batch)
+    values = batch_values(batch)
     sql = f"UPDATE batches SET {_TRANSITION_SET} WHERE id = ? AND status IN ({_placeholders(len(expected))})"
-    params = (*(values[column] for column in _TRANSITION_COLUMNS), batch.id, *expected)
+    params = (*(values[column] for column in TRANSITION_COLUMNS), batch.id, *expected)
     return conn.execute(sql, params).rowcount > 0
 
 
 def _batches_in(conn: sqlite3.Connection, statuses: list[str]) -> list[Batch]:
     sql = f"{_BATCH_SELECT} WHERE status IN ({_placeholders(len(statuses))}) ORDER BY id"
-    return [_batch_from_row(row) for row in conn.execute(sql, statuses)]
+    return [batch_from_row(row) for row in conn.execute(sql, statuses)]
 
 
 def _ended_batches_with_results(conn: sqlite3.Connection, statuses: list[str], limit: int) -> list[str]:
@@ -309,7 +270,7 @@ def _add_counters(conn: sqlite3.Connection, batch_id: str, new_rows: Iterable[Re
         cached_tokens += usage.cached_tokens
         reasoning_tokens += usage.reasoning_tokens
     counters = (completed, failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
-    conn.execute(_COUNTERS_ADD, (*counters, batch_id))
+    conn.execute(COUNTERS_ADD, (*counters, batch_id))
 
 
 def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:

@@ -6,14 +6,10 @@ import sqlite3
 from collections.abc import Sequence
 
 from overnight.domain.models import BatchStatus, Shard
+from overnight.store.rows import shard_from_row
 from overnight.store.sqlite_tx import transaction
 
 _COLUMNS = "batch_id, shard_no, first_line, end_line, start_offset, shard_count, done, part"
-
-
-def _shard(row: tuple[str, int, int, int, int, int, int, str | None]) -> Shard:
-    batch_id, shard_no, first, end, offset, count, done, part = row
-    return Shard(batch_id, shard_no, first, end, offset, count, bool(done), part)
 
 
 def add_shards(conn: sqlite3.Connection, shards: Sequence[Shard]) -> None:
@@ -49,7 +45,7 @@ def claim_shard(conn: sqlite3.Connection, worker: str, now: int, lease_s: int) -
                 f" RETURNING {_COLUMNS}",
                 (worker, now + lease_s, *found),
             ).fetchone()
-    return None if row is None else _shard(row)
+    return None if row is None else shard_from_row(row)
 
 
 def renew_shard(
@@ -84,7 +80,7 @@ def release_shard(conn: sqlite3.Connection, batch_id: str, shard_no: int, worker
 
 def shards_of(conn: sqlite3.Connection, batch_id: str) -> list[Shard]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM shards WHERE batch_id = ? ORDER BY shard_no", (batch_id,))
-    return [_shard(row) for row in rows]
+    return [shard_from_row(row) for row in rows]
 
 
 def release_all_shard_leases(conn: sqlite3.Connection) -> None:
