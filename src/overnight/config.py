@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from overnight.config_prices import parse_optional_budget, parse_prices, parse_token_budgets
+from overnight.config_webhooks import WebhookConfig, parse_webhooks, read_webhook_secrets
 from overnight.domain.limits import parse_window
+from overnight.domain.pricing import Price
 from overnight.probes import POINTS
 
 ENV_PREFIX = "OVERNIGHT_"
@@ -39,6 +42,7 @@ class BackendConfig:
 class ApiKey:
     key: str
     project: str
+    admin: bool = False  # sees every project on the dashboard and in the cost figures
 
 
 def _help(text: str) -> dict[str, str]:
@@ -96,7 +100,8 @@ class Settings:
         metadata=_help(
             "Accepted API keys and the project each belongs to. Empty: any bearer token is accepted "
             "(local development). Environment form: `key1=project1,key2=project2`; file form: "
-            "`[[api_keys]]` tables with `key` and `project`."
+            "`[[api_keys]]` tables with `key`, `project` and optionally `admin = true` (an admin key "
+            "sees every project on the dashboard and in the costs)."
         ),
     )
     completion_windows: tuple[str, ...] = field(
@@ -180,6 +185,58 @@ class Settings:
             "Other names for the local models, as a `[model_aliases]` table in the config file "
             '(e.g. `"text-embedding-3-small" = "all-minilm-l6-v2"`); answers report the name asked for. '
             "Config file only."
+        ),
+    )
+    webhooks: tuple[WebhookConfig, ...] = field(
+        default=(),
+        metadata=_help(
+            "Endpoints that receive a signed event when a batch ends, as `[[webhooks]]` tables in the config "
+            "file: `url`, `secret_env` (the variable holding its `whsec_` secret), and optionally `events` "
+            "(default all four), `project` (default every project) and `name` (default from the url) "
+            "(docs/webhooks.md). Config file only."
+        ),
+    )
+    webhook_timeout_s: float = field(
+        default=10.0, metadata=_help("Seconds one webhook delivery attempt may take before it has failed.")
+    )
+    webhook_retry_for_s: int = field(
+        default=86400,
+        metadata=_help(
+            "How long after its event a webhook delivery that gets no 2xx is tried again (at least); then "
+            "it is given up."
+        ),
+    )
+    webhook_retry_base_s: float = field(
+        default=5.0,
+        metadata=_help(
+            "Wait before a webhook's second attempt; doubled after each failed one (at most 1 h), with "
+            "jitter."
+        ),
+    )
+    prices: tuple[Price, ...] = field(
+        default=(),
+        metadata=_help(
+            "What tokens cost, as `[[prices]]` tables in the config file: `model` (a glob; the first entry "
+            "that matches a model wins), `input`, `output` and optionally `cached_input` in USD per million "
+            "tokens, and `batch_discount` (default 0.5) or explicit `batch_input`, `batch_cached_input`, "
+            "`batch_output`. A model without an entry shows no cost, never 0 (docs/costs.md). "
+            "Config file only."
+        ),
+    )
+    token_budgets: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=_help(
+            "Enqueued-token budgets per project, as a `[token_budgets]` table in the config file "
+            '(`"team-a" = 2000000`): a batch whose estimated input tokens would take those of the '
+            "project's unfinished batches past it fails at once with `token_limit_exceeded` "
+            "(docs/costs.md). Config file only."
+        ),
+    )
+    default_token_budget: int | None = field(
+        default=None,
+        metadata=_help(
+            "The enqueued-token budget of every project that `token_budgets` does not name. Unset: those "
+            "projects have no budget."
         ),
     )
 
@@ -340,6 +397,7 @@ def _api_keys(name: str, value: Any) -> tuple[ApiKey, ...]:
             ApiKey(
                 key=_text(f"{where}.key", entry.get("key")),
                 project=_text(f"{where}.project", entry.get("project")),
+                admin=_bool(f"{where}.admin", entry.get("admin", False)),
             )
         )
     return tuple(keys)
@@ -428,8 +486,15 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "backends": _backends,
     "local_models": _bool,
     "model_aliases": _aliases,
+    "webhooks": parse_webhooks,
+    "webhook_timeout_s": _positive_float,
+    "webhook_retry_for_s": _positive_int,
+    "webhook_retry_base_s": _positive_float,
+    "prices": parse_prices,
+    "token_budgets": parse_token_budgets,
+    "default_token_budget": parse_optional_budget,
 }
-FILE_ONLY = frozenset({"backends", "model_aliases"})
+FILE_ONLY = frozenset({"backends", "model_aliases", "prices", "token_budgets", "webhooks"})
 S3_STANDARD_VARIABLES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_REGION"}
 S3_KEY_ID_VARIABLE, S3_SECRET_VARIABLE = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 
@@ -456,6 +521,7 @@ class Secrets:
     upstream_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # backend name -> key
     s3_access_key_id: str | None = field(default=None, repr=False)
     s3_secret_access_key: str | None = field(default=None, repr=False)
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)  # endpoint -> whsec_
 
 
 def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> Secrets:
@@ -475,7 +541,12 @@ def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -
     if settings.blob_url is not None and (key_id is None) != (secret is None):
         missing = S3_SECRET_VARIABLE if secret is None else S3_KEY_ID_VARIABLE
         raise ConfigError(f"setting 'blob_url': environment variable {missing} is not set")
-    return Secrets(upstream_keys=keys, s3_access_key_id=key_id, s3_secret_access_key=secret)
+    return Secrets(
+        upstream_keys=keys,
+        s3_access_key_id=key_id,
+        s3_secret_access_key=secret,
+        webhook_secrets=read_webhook_secrets(settings.webhooks, environ),
+    )
 
 
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

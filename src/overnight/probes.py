@@ -18,6 +18,8 @@ POINTS = (
     "finalization.written",  # output and error files written, the batch not yet completed
     "finalization.moved",  # the batch is completed, its scratch results not yet removed
     "ending.marked",  # not-run lines of a cancelled/expired batch recorded, files not yet written
+    "webhook.recorded",  # a batch ended and its webhook event is recorded, not yet sent
+    "webhook.claimed",  # a webhook delivery is leased for its attempt, not yet sent
 )
 
 

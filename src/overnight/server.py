@@ -18,6 +18,7 @@ from aiohttp import web
 from overnight import __version__
 from overnight.config import ConfigError, Secrets, Settings
 from overnight.http.app import create_app, create_probe_app
+from overnight.http.dashboard import Dashboard
 from overnight.wiring import Runtime, log_startup, open_runtime
 
 log = logging.getLogger("overnight")
@@ -129,6 +130,8 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
         tasks = []
         if roles.worker:
             tasks = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
+            if runtime.webhooks is not None:  # delivered wherever batches end
+                tasks.append(asyncio.create_task(runtime.webhooks.run()))
         try:
             await _wait_for_signal()
             log.info("shutting down")
@@ -151,6 +154,9 @@ async def _start_http(runtime: Runtime, roles: Roles, sock: socket.socket) -> we
             runtime.engine.metrics_text,
             runtime.health,
             runtime.models,
+            costs_service=runtime.costs,
+            progress_service=runtime.progress,
+            dashboard_services=Dashboard(runtime.batches, runtime.files, runtime.progress, runtime.costs),
         )
     else:
         app = create_probe_app(runtime.engine.metrics_text, runtime.health)
@@ -159,7 +165,7 @@ async def _start_http(runtime: Runtime, roles: Roles, sock: socket.socket) -> we
     await web.SockSite(runner, sock).start()
     host, port = sock.getsockname()[:2]
     if roles.api:
-        log.info("Overnight listening on http://%s:%d/v1", host, port)
+        log.info("Overnight listening on http://%s:%d/v1 (dashboard: http://%s:%d/)", host, port, host, port)
     else:
         log.info("metrics and health on http://%s:%d/metrics", host, port)
     return runner

@@ -19,20 +19,27 @@ from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore
 from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Secrets, Settings
+from overnight.config_webhooks import subscriptions as webhook_subscriptions
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
+from overnight.domain.pricing import PriceTable
+from overnight.domain.tokens import TokenBudgets
 from overnight.engine.feed import RateLimits
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
-from overnight.engine.worker import Engine, EngineSettings
+from overnight.engine.worker import Engine, EngineSettings, new_worker_id
 from overnight.http.auth import Authenticator
-from overnight.probes import probe_for
+from overnight.probes import Probe, probe_for
 from overnight.services.batches import BatchesService
+from overnight.services.costs import CostsService
 from overnight.services.files import FilesService
 from overnight.services.models import ModelsService
+from overnight.services.progress import ProgressService
 from overnight.store.base import MetadataStore
 from overnight.store.sqlite import SqliteStore
 from overnight.store.sqlite import migrate as sqlite_migrate
+from overnight.webhooks.backoff import RetrySchedule
+from overnight.webhooks.dispatcher import DeliverySettings, WebhookDispatcher
 
 log = logging.getLogger("overnight")
 CHAT_MODULE = "overnight.backends.local.chat"
@@ -110,7 +117,7 @@ def build_backends(settings: Settings, secrets: Secrets, local: LocalBackend | N
     return backends
 
 
-def engine_settings(settings: Settings) -> EngineSettings:
+def engine_settings(settings: Settings, worker_id: str | None = None) -> EngineSettings:
     return EngineSettings(
         flush_interval_s=settings.result_flush_interval_s,
         poll_interval_s=settings.worker_poll_interval_s,
@@ -120,7 +127,22 @@ def engine_settings(settings: Settings) -> EngineSettings:
         lease_s=settings.lease_s,
         max_shards=settings.worker_max_shards,
         lines_per_shard=settings.shard_lines,
+        subscriptions=webhook_subscriptions(settings.webhooks),
+        worker_id=worker_id,
     )
+
+
+def build_webhooks(
+    settings: Settings, secrets: Secrets, store: MetadataStore, clock: Clock, worker_id: str, probe: Probe
+) -> WebhookDispatcher | None:
+    """The sender of the configured webhooks (None when none is configured)."""
+    subscriptions = webhook_subscriptions(settings.webhooks)
+    if not subscriptions:
+        return None
+    schedule = RetrySchedule(base_s=settings.webhook_retry_base_s, retry_for_s=settings.webhook_retry_for_s)
+    delivery = DeliverySettings(timeout_s=settings.webhook_timeout_s, schedule=schedule)
+    keys = secrets.webhook_secrets
+    return WebhookDispatcher(store, subscriptions, keys, clock, worker_id, delivery, probe=probe)
 
 
 @dataclass
@@ -204,6 +226,9 @@ def log_startup(runtime: Runtime) -> None:
         log.warning("no backend and no local model: every batch will fail validation (see --upstream)")
     keys = len(settings.api_keys)
     log.info("%s", f"{keys} API key(s) configured" if keys else "no API keys configured: any key is accepted")
+    for webhook in settings.webhooks:
+        of = f"project {webhook.project}" if webhook.project is not None else "every project"
+        log.info("webhook endpoint %s gets %s of %s", webhook.name, ", ".join(webhook.events), of)
 
 
 @dataclass
@@ -217,6 +242,9 @@ class Runtime:
     models: ModelsService
     engine: Engine
     authenticator: Authenticator
+    costs: CostsService
+    progress: ProgressService
+    webhooks: WebhookDispatcher | None = None  # run where the engine runs
 
     async def close(self) -> None:
         await self.router.close()
@@ -314,7 +342,19 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
     router = Router(build_backends(settings, secrets))
     store, blobs = await open_stores(settings, secrets, clock)
     ids = IdGenerator(clock)
-    engine = Engine(store, blobs, router, clock, engine_settings(settings), probe=probe)
+    worker_id = new_worker_id()
+    webhooks = build_webhooks(settings, secrets, store, clock, worker_id, probe)
+    engine = Engine(
+        store,
+        blobs,
+        router,
+        clock,
+        engine_settings(settings, worker_id),
+        probe=probe,
+        on_event=webhooks.wake if webhooks is not None else None,
+    )
+    if webhooks is not None:
+        engine.metrics.gauges.append(webhooks.metrics.render)
     await router.start()
     return Runtime(
         settings=settings,
@@ -322,8 +362,20 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
         blobs=blobs,
         router=router,
         files=FilesService(store, blobs, ids, clock, probe),
-        batches=BatchesService(store, ids, clock, settings.completion_windows, on_change=engine.wake),
+        batches=BatchesService(
+            store,
+            ids,
+            clock,
+            settings.completion_windows,
+            on_change=engine.wake,
+            blobs=blobs,
+            budgets=TokenBudgets(dict(settings.token_budgets), settings.default_token_budget),
+            subscriptions=webhook_subscriptions(settings.webhooks),
+        ),
         models=ModelsService(router.backends, router.backend_for, clock),
         engine=engine,
         authenticator=Authenticator(settings.api_keys),
+        costs=CostsService(store, PriceTable(settings.prices)),
+        progress=ProgressService(store, clock),
+        webhooks=webhooks,
     )

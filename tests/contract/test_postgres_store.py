@@ -98,7 +98,7 @@ async def versions_of(dsn: str) -> list[int]:
 
 
 async def test_migrate_applies_every_version_once(empty_dsn: str) -> None:
-    assert VERSIONS == [1, 2, 3, 4, 5]
+    assert VERSIONS == [1, 2, 3, 4, 5, 6, 7, 8]
     assert await migrate(empty_dsn) == VERSIONS
     assert await migrate(empty_dsn) == []
     assert await versions_of(empty_dsn) == VERSIONS
@@ -120,14 +120,19 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
     stepwise, fresh = await schema_of(empty_dsn), await schema_of(dsn)
     assert stepwise == fresh
     assert {row[0] for row in fresh["columns"]} == {
+        "backend_reports",
         "backend_slots",
         "backend_workers",
+        "batch_error_groups",
+        "batch_samples",
         "batches",
         "files",
         "results",
         "schema_migrations",
         "shards",
         "uploads",
+        "webhook_deliveries",
+        "webhook_events",
     }
     async with opened(empty_dsn, 1) as (store,):
         old = await store.get_batch("batch_old")

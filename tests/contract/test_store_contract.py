@@ -25,7 +25,7 @@ from overnight.domain.models import (
     Usage,
 )
 from overnight.store.base import MetadataStore, Order
-from overnight.store.schema import SchemaTooNew
+from overnight.store.schema import SchemaTooNew, load_migrations
 from overnight.store.sqlite import SqliteStore
 
 StoreFactory = Callable[[], MetadataStore]  # as conftest.store_factory provides
@@ -434,7 +434,8 @@ async def test_sqlite_records_migrations_and_uses_wal(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4, 5]
+        shipped = [migration.version for migration in load_migrations()]
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == shipped
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
 

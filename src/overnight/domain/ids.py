@@ -9,6 +9,7 @@ from overnight.domain.clock import Clock
 FILE_PREFIX = "file-"
 BATCH_PREFIX = "batch_"
 REQUEST_PREFIX = "batch_req_"
+EVENT_PREFIX = "evt_"
 _RANDOM_HEX = 20
 _RANDOM_LIMIT = 16**_RANDOM_HEX
 
@@ -36,6 +37,9 @@ class IdGenerator:
 
     def batch_id(self) -> str:
         return BATCH_PREFIX + self._next_suffix()
+
+    def event_id(self) -> str:
+        return EVENT_PREFIX + self._next_suffix()
 
 
 def blob_key(file_id: str) -> str:

@@ -92,6 +92,9 @@ class Batch:
     cancelled_at: int | None = None
     request_counts: RequestCounts = field(default_factory=RequestCounts)
     usage: Usage = field(default_factory=Usage)
+    # input tokens estimated at create time, held against the project's budget until the batch ends
+    # (0 where the project has no budget); never shown in the API's Batch object
+    enqueued_tokens: int = 0
 
 
 class ResultKind(enum.StrEnum):
@@ -108,12 +111,56 @@ class ResultKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ResultRow:
-    """One finished input line: the exact bytes of its output/error file line, and what it cost."""
+    """One finished input line: the exact bytes of its output/error file line, and what it cost.
+
+    A line of the error file also says why, for its batch's error groups: `error_code` (its
+    `error.code`, or the code in the upstream's answer) and `upstream_status` (the HTTP status the
+    upstream answered; None when no answer came)."""
 
     line_no: int
     kind: ResultKind
     line: bytes
     usage: Usage = field(default_factory=Usage)
+    error_code: str | None = None
+    upstream_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """A batch's failed lines that share an error code and upstream status (None: no answer came), with
+    how many there are and the error-file line of the first of them."""
+
+    code: str
+    status: int | None
+    count: int
+    example: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """What one worker last reported of one backend (the dashboard sums the workers' reports)."""
+
+    backend: str
+    worker: str
+    reported_at: int
+    window: int  # requests it may have in flight now (the AIMD window, under max_concurrency)
+    limit: int  # max_concurrency
+    in_flight: int
+    breaker: str  # "closed", "open" or "half_open"
+    attempts: int  # answered or not, in the last minute
+    failures: int  # of those, how many failed (5xx, 429, no answer)
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """The batches of one project and model created on one UTC day (`day`: its first second), counted,
+    and their summed usage."""
+
+    day: int
+    project: str
+    model: str | None
+    batches: int
+    usage: Usage
 
 
 @dataclass(frozen=True, slots=True)

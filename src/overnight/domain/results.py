@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from overnight.domain.models import ResultKind, ResultRow, Usage
 
 BATCH_CANCELLED = "batch_cancelled"
 BATCH_EXPIRED = "batch_expired"
+UPSTREAM_ERROR = "upstream_error"  # the code of a failed line whose answer names none
 NOT_RUN_MESSAGES = {
     BATCH_CANCELLED: "This request was not executed because the batch was cancelled.",
     BATCH_EXPIRED: "This request could not be executed before the completion window expired.",
@@ -45,6 +48,32 @@ class _AnyObject(msgspec.Struct):
 
 
 _object_decoder = msgspec.json.Decoder(_AnyObject)
+
+
+class _ErrorFields(msgspec.Struct):
+    code: Any = None
+    type: Any = None
+
+
+class _ErrorProbe(msgspec.Struct):
+    error: _ErrorFields | None = None
+
+
+_error_decoder = msgspec.json.Decoder(_ErrorProbe)
+
+
+def error_code_of(body: bytes) -> str:
+    """What an error answer's `error` says went wrong: its `code`, else its `type` (some servers send
+    a number as the code, or none), else UPSTREAM_ERROR."""
+    try:
+        error = _error_decoder.decode(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return UPSTREAM_ERROR
+    if error is not None:
+        for value in (error.code, error.type):
+            if isinstance(value, str) and value:
+                return value
+    return UPSTREAM_ERROR
 
 
 def object_usage(body: bytes) -> Usage:
@@ -85,9 +114,12 @@ def response_row(
     request_id: str,
     body: bytes,
     usage: Usage | None = None,
+    *,
+    answered: bool = True,
 ) -> ResultRow:
     """The result of a request that got an HTTP answer; `body` must be a JSON object's bytes.
-    `usage` is what the body reports, when the caller has already read it."""
+    `usage` is what the body reports, when the caller has already read it. `answered` is False when
+    no answer came and `status` and `body` say why (the row then has no upstream status)."""
     line = b"".join(
         (
             b'{"id":',
@@ -103,13 +135,12 @@ def response_row(
             b'},"error":null}',
         )
     )
-    succeeded = 200 <= status < 300
-    kind = ResultKind.SUCCEEDED if succeeded else ResultKind.FAILED
-    if not succeeded:
-        usage = Usage()
-    elif usage is None:
+    if not 200 <= status < 300:
+        code = error_code_of(body)
+        return ResultRow(line_no, ResultKind.FAILED, line, Usage(), code, status if answered else None)
+    if usage is None:
         usage = usage_of(body)
-    return ResultRow(line_no, kind, line, usage)
+    return ResultRow(line_no, ResultKind.SUCCEEDED, line, usage)
 
 
 def not_run_row(
@@ -128,4 +159,4 @@ def not_run_row(
             "error": {"code": code, "message": message},
         }
     )
-    return ResultRow(line_no, ResultKind.NOT_RUN, line)
+    return ResultRow(line_no, ResultKind.NOT_RUN, line, error_code=code)

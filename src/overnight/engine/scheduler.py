@@ -30,6 +30,7 @@ from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, T
 from overnight.engine.digest import ErrorDigest, Fate, describe_failure
 from overnight.engine.feed import Feed, RateLimits, Request, estimate_tokens
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.recent import RecentAttempts, is_failure
 from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
 
@@ -78,6 +79,7 @@ class BackendScheduler:
         self._draining = False
         self._idle = asyncio.Event()
         self._errors = ErrorDigest(backend.name)
+        self.recent = RecentAttempts()  # the last minute's attempts and failures (the dashboard's)
         self._retries: list[tuple[float, int, Feed, Request]] = []  # a heap by due time
         self._retry_order = itertools.count()
         self._last_probe = -1  # the `order` of the feed that sent the last probe
@@ -343,8 +345,9 @@ class BackendScheduler:
             log.exception("internal error sending line %d of batch %s", request.line_no, feed.batch_id)
             answer = Attempt(500, _INTERNAL_ERROR, "", should_retry=False)
         self._finish_attempt()
-        latency = self._clock.now() - started
-        self._metrics.observe_attempt(self.backend.name, answer.status, latency)
+        ended = self._clock.now()
+        self._metrics.observe_attempt(self.backend.name, answer.status, ended - started)
+        self.recent.note(ended, is_failure(answer.status, answer.answered))
         self._after(feed, request, answer)
 
     def _finish_attempt(self) -> None:
@@ -380,6 +383,7 @@ class BackendScheduler:
             answer.request_id,
             answer.body,
             usage,
+            answered=answer.answered,
         )
         self._metrics.finished(self.backend.name, verdict.succeeded)
         feed.sink(row)

@@ -7,14 +7,15 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from overnight.backends.base import Attempt, Backend
 from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore
 from overnight.domain.clock import Clock
-from overnight.domain.ids import blob_key, request_line_id
+from overnight.domain.events import Subscriptions
+from overnight.domain.ids import IdGenerator, blob_key, request_line_id
 from overnight.domain.lifecycle import TERMINAL, transition
 from overnight.domain.lines import split_line_groups, split_lines
 from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow, Shard
@@ -31,6 +32,7 @@ from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.shard_run import run_shard
 from overnight.engine.slots import SlotKeeper
+from overnight.engine.stats import BackendReporter, ProgressSampler
 from overnight.engine.waiting import wait_event
 from overnight.probes import NO_PROBE, Probe
 from overnight.store.base import MetadataStore
@@ -41,6 +43,11 @@ ACTIVE = tuple(status for status in S if status not in TERMINAL)
 _YIELD_EVERY = 2000
 RUNS_END_S = 10.0  # at most this long, before marking a stopped batch's lines, for its runs here to end
 CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
+
+
+def new_worker_id() -> str:
+    """A fresh id for a worker process: its leases, its slots and its webhook deliveries carry it."""
+    return f"worker-{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class EngineSettings:
     worker_id: str | None = None  # None: a fresh random id
     max_shards: int = 4  # shards this worker runs at once
     lines_per_shard: int = LINES_PER_SHARD
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)  # webhooks: who hears a batch end
 
 
 class Engine:
@@ -78,8 +86,11 @@ class Engine:
         *,
         metrics: EngineMetrics | None = None,
         probe: Probe = NO_PROBE,
+        on_event: Callable[[], None] | None = None,
     ) -> None:
-        self.worker_id = settings.worker_id or f"worker-{secrets.token_hex(6)}"
+        self.worker_id = settings.worker_id or new_worker_id()
+        self._ids = IdGenerator(clock)
+        self._on_event = on_event  # a webhook event was recorded: its sender may look at once
         self._settings = settings
         self._lease_s = settings.lease_s
         self._probe = probe
@@ -105,6 +116,8 @@ class Engine:
         self.metrics = metrics or EngineMetrics()
         self._schedulers: dict[str, BackendScheduler] = {}
         self._keepers: dict[str, SlotKeeper] = {}
+        self._sampler = ProgressSampler(store, clock)  # led batches' counts over time
+        self._reporter = BackendReporter(store, self.worker_id, clock)
 
     def scheduler(self, backend: Backend) -> BackendScheduler:
         """The one dispatcher of a backend, shared by every shard that runs on it here."""
@@ -198,6 +211,7 @@ class Engine:
         for scheduler in self._schedulers.values():
             scheduler.demand_changed.set()  # each poll renews the slots and moves them to fair shares
         await self._fill_slots()
+        await self._reporter.report(self._schedulers)
 
     async def _fill_slots(self) -> None:
         """Claim shards while this worker runs fewer than `max_shards`; each goes to a slot of its own."""
@@ -257,6 +271,7 @@ class Engine:
         self._drivers.pop(batch_id, None)
         self._stops.pop(batch_id, None)
         self._watching.pop(batch_id, None)
+        self._sampler.forget(batch_id)
         if not any(key[0] == batch_id for key in self._runs):
             self._last_failures.pop(batch_id, None)
         if not task.cancelled() and task.exception() is not None:
@@ -289,10 +304,23 @@ class Engine:
                 await self._end(batch, S.CANCELLED)
 
     async def _move(self, batch: Batch, target: BatchStatus, **changes: object) -> bool:
-        moved = transition(batch, target, self._now(), **changes)
-        ok = await self._store.transition_batch(moved, expected=(batch.status,))
+        now = self._now()
+        moved = transition(batch, target, now, **changes)
+        event = self._settings.subscriptions.event_for(moved, self._ids.event_id(), now)
+        ok = await self._store.transition_batch(moved, expected=(batch.status,), event=event)
         if ok:
             log.info("batch %s id=%s project=%s%s", target, batch.id, batch.project, _what_changed(moved))
+        if ok and event is not None:
+            log.info(
+                "webhook event recorded id=%s type=%s batch=%s endpoints=%s",
+                event.id,
+                event.type,
+                batch.id,
+                ",".join(event.endpoints),
+            )
+            self._probe.reached("webhook.recorded")
+            if self._on_event is not None:
+                self._on_event()
         return ok
 
     # -- validating ----------------------------------------------------------------------------
@@ -335,11 +363,13 @@ class Engine:
                 await self._fill_slots()
                 continue
             if all(shard.done for shard in shards):
+                await self._sampler.sample(await self._store.get_batch(batch.id) or batch, force=True)
                 await self._move(batch, S.FINALIZING)
                 return
             current = await self._store.get_batch(batch.id)
             if current is None or current.status is not S.IN_PROGRESS:
                 return
+            await self._sampler.sample(current)
             await wait_event(watching, self._poll_interval)
         self._watching.pop(batch.id, None)
 

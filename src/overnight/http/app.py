@@ -8,13 +8,15 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from overnight.http import batches, files, models
+from overnight.http import batches, costs, dashboard, files, models, progress
 from overnight.http.auth import Authenticator, auth_middleware
 from overnight.http.errors import errors_middleware
 from overnight.http.wire import json_response
 from overnight.services.batches import BatchesService
+from overnight.services.costs import CostsService
 from overnight.services.files import FilesService
 from overnight.services.models import ModelsService
+from overnight.services.progress import ProgressService
 
 REQUEST_ID = "x-request-id"
 
@@ -69,9 +71,14 @@ def create_app(
     metrics_source: MetricsSource,
     health_check: HealthCheck,
     models_service: ModelsService | None = None,
+    dashboard_services: dashboard.Dashboard | None = None,
+    costs_service: CostsService | None = None,
+    progress_service: ProgressService | None = None,
 ) -> web.Application:
+    # The dashboard's pages check the key their cookie holds themselves (http/dashboard_auth.py).
+    public = ("/", "/ui") if dashboard_services is not None else ()
     app = web.Application(
-        middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator)],
+        middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator, public)],
         client_max_size=4 * 1024 * 1024,
     )
     app.on_response_prepare.append(_prepare_streams)
@@ -80,6 +87,12 @@ def create_app(
     batches.add_routes(app, batches_service)
     if models_service is not None:
         models.add_routes(app, models_service)
+    if dashboard_services is not None:
+        dashboard.add_routes(app, dashboard_services, authenticator)
+    if costs_service is not None:
+        costs.add_routes(app, costs_service)
+    if progress_service is not None:
+        progress.add_routes(app, progress_service)
     return app
 
 

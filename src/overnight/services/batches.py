@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from overnight.blobs.base import BlobStore
 from overnight.domain import limits
 from overnight.domain.clock import Clock
 from overnight.domain.errors import Conflict, InvalidRequest, batch_not_found, file_not_found
-from overnight.domain.ids import IdGenerator
+from overnight.domain.events import Subscriptions
+from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.lifecycle import CANCELLABLE, transition
-from overnight.domain.models import Batch, BatchStatus, Page
+from overnight.domain.lines import split_line_groups
+from overnight.domain.models import Batch, BatchError, BatchStatus, Page
+from overnight.domain.tokens import (
+    TOKEN_LIMIT_CODE,
+    InputEstimate,
+    TokenBudgets,
+    over_budget,
+    token_limit_message,
+)
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.batches")
@@ -108,6 +120,10 @@ def check_output_expiry(value: Any) -> int | None:
 
 
 class BatchesService:
+    """`blobs` and `budgets`: where a batch's input is read to hold it to its project's enqueued-token
+    budget (only for a project that has one); `subscriptions`: the webhooks a batch refused at once
+    makes its `batch.failed` event for."""
+
     def __init__(
         self,
         store: MetadataStore,
@@ -115,12 +131,24 @@ class BatchesService:
         clock: Clock,
         completion_windows: Sequence[str],
         on_change: Callable[[], None],
+        *,
+        blobs: BlobStore | None = None,
+        budgets: TokenBudgets | None = None,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         self._store = store
         self._ids = ids
         self._clock = clock
         self._windows = tuple(completion_windows)
         self._on_change = on_change
+        self._blobs = blobs
+        self._budgets = budgets if budgets is not None else TokenBudgets()
+        if self._blobs is None and (self._budgets.per_project or self._budgets.default is not None):
+            raise ValueError("token budgets need the blob store, to read the inputs")
+        self._subscriptions = subscriptions if subscriptions is not None else Subscriptions()
+        # Within this process, a budget's check and the batch that passes it are one step (across API
+        # servers, two creates at the same moment may overshoot by one batch: docs/costs.md).
+        self._budget_lock = asyncio.Lock()
 
     async def create(self, project: str, params: dict[str, Any]) -> Batch:
         input_file_id = _required_string(params, "input_file_id")
@@ -153,20 +181,69 @@ class BatchesService:
             metadata=metadata,
             output_expires_after=output_ttl,
         )
-        await self._store.add_batch(batch)
+        budget = self._budgets.budget_of(project)
+        if budget is None:
+            await self._store.add_batch(batch)
+        else:
+            batch = await self._add_within_budget(batch, budget)
         log.info(
             "batch created id=%s project=%s endpoint=%s input=%s", batch.id, project, endpoint, input_file_id
         )
         self._on_change()
         return batch
 
-    async def retrieve(self, project: str, batch_id: str) -> Batch:
+    async def _add_within_budget(self, batch: Batch, budget: int) -> Batch:
+        """Store the batch holding its estimated input tokens, or failed with `token_limit_exceeded`
+        when they would take its project's unfinished batches past `budget` (as OpenAI does)."""
+        estimate = await self._estimate(batch.input_file_id)
+        async with self._budget_lock:
+            enqueued = await self._store.enqueued_tokens(batch.project)
+            if not over_budget(enqueued, estimate.tokens, budget):
+                accepted = dataclasses.replace(batch, enqueued_tokens=estimate.tokens)
+                await self._store.add_batch(accepted)
+                return accepted
+            now = int(self._clock.now())
+            message = token_limit_message(estimate.model, batch.project, budget)
+            refused = transition(
+                batch,
+                BatchStatus.FAILED,
+                now,
+                model=estimate.model,
+                errors=(BatchError(TOKEN_LIMIT_CODE, message),),
+            )
+            event = self._subscriptions.event_for(refused, self._ids.event_id(), now)
+            await self._store.add_batch(refused, event=event)
+        log.info(
+            "batch refused id=%s project=%s: %d tokens estimated, %d enqueued, budget %d",
+            batch.id,
+            batch.project,
+            estimate.tokens,
+            enqueued,
+            budget,
+        )
+        return refused
+
+    async def _estimate(self, input_file_id: str) -> InputEstimate:
+        """The input's estimated tokens, read as a stream (a chunk at a time, never the whole file)."""
+        assert self._blobs is not None  # the constructor checked it
+        estimate = InputEstimate()
+        try:
+            async for group in split_line_groups(self._blobs.read(blob_key(input_file_id))):
+                for _, raw in group:
+                    estimate.add(raw)
+        except FileNotFoundError:  # content gone: validation fails the batch, saying so
+            return InputEstimate()
+        return estimate
+
+    async def retrieve(self, project: str | None, batch_id: str) -> Batch:
+        """The batch, if it is the project's; `project` None: of any project (for an admin)."""
         batch = await self._store.get_batch(batch_id, project)
         if batch is None:
             raise batch_not_found(batch_id)
         return batch
 
-    async def list(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
+    async def list(self, project: str | None, *, after: str | None, limit: int) -> Page[Batch]:
+        """The project's batches, newest first; `project` None: every project's (for an admin)."""
         return await self._store.list_batches(project, after=after, limit=limit)
 
     async def cancel(self, project: str, batch_id: str) -> Batch:

@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Literal, Protocol
 
-from overnight.domain.models import Batch, BatchStatus, FileObject, Page, ResultKind, ResultRow, Shard
+from overnight.domain.events import Delivery, Event
+from overnight.domain.models import (
+    BackendStatus,
+    Batch,
+    BatchStatus,
+    DailyUsage,
+    ErrorGroup,
+    FileObject,
+    Page,
+    ResultKind,
+    ResultRow,
+    Shard,
+)
+from overnight.domain.progress import Sample
 
 Order = Literal["asc", "desc"]
 
@@ -64,18 +77,23 @@ class MetadataStore(Protocol):
         ...
 
     # -- batches -------------------------------------------------------------------------------
-    async def add_batch(self, batch: Batch) -> None: ...
+    async def add_batch(self, batch: Batch, event: Event | None = None) -> None:
+        """Store a new batch and, when given, its `event` and that event's deliveries, in one transaction."""
+        ...
 
     async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
         """The batch with live `request_counts` and `usage`; None if absent or another project's."""
         ...
 
-    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
-        """Batches of a project, newest first, starting after the batch `after`."""
+    async def list_batches(self, project: str | None, *, after: str | None, limit: int) -> Page[Batch]:
+        """Batches of a project (None: of every project), newest first, after the batch `after`."""
         ...
 
-    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
-        """Compare-and-set: store `batch` only if the stored status is one of `expected`."""
+    async def transition_batch(
+        self, batch: Batch, expected: Collection[BatchStatus], event: Event | None = None
+    ) -> bool:
+        """Compare-and-set: store `batch` only if the stored status is one of `expected`; when it does,
+        record `event` (if given) and one delivery per endpoint of it in the same transaction."""
         ...
 
     async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
@@ -84,6 +102,52 @@ class MetadataStore(Protocol):
 
     async def count_batches(self) -> dict[BatchStatus, int]:
         """How many batches (of every project) are in each status; absent statuses have none."""
+        ...
+
+    # -- usage and budgets ----------------------------------------------------------------------
+    async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
+        """The batches of a project (None: of every project) created in [start, end), per UTC day of
+        creation, project and model: how many, and their summed usage; by day, project, then model
+        (None last). Only groups that have batches."""
+        ...
+
+    async def enqueued_tokens(self, project: str) -> int:
+        """The summed `enqueued_tokens` of the project's batches that have not ended (validating, in
+        progress, finalizing or cancelling)."""
+        ...
+
+    # -- the webhooks' outbox: each event delivered to each of its endpoints ------------------------
+    async def claim_deliveries(
+        self, worker: str, now: int, lease_s: int, limit: int, endpoints: Collection[str]
+    ) -> list[Delivery]:
+        """Lease, until `now + lease_s`, up to `limit` deliveries to these endpoints that are due (their
+        next attempt at or before `now`), neither delivered nor given up, and that no lease holds (or
+        the holder's ran out at or before `now`); the earliest due first. Each counts one more attempt:
+        the one it is leased for (`Delivery.attempts`)."""
+        ...
+
+    async def finish_delivery(self, delivery: Delivery, now: int, status: int) -> bool:
+        """The delivery got a 2xx (`status`) at `now`: it is done, whoever holds it now. False when it
+        was already delivered or given up."""
+        ...
+
+    async def retry_delivery(
+        self,
+        delivery: Delivery,
+        worker: str,
+        now: int,
+        *,
+        retry_at: int | None,
+        status: int | None,
+        error: str,
+    ) -> bool:
+        """An attempt by `worker` failed (`status`, None when no answer came, and `error` in words): if it
+        still holds the delivery, end the lease and try again at `retry_at`, or give up (None). False when
+        another worker leased it meanwhile, or it was delivered."""
+        ...
+
+    async def pending_deliveries(self) -> int:
+        """How many deliveries, of every endpoint, are neither delivered nor given up."""
         ...
 
     # -- leases: one worker drives a batch at a time ------------------------------------------------
@@ -97,8 +161,8 @@ class MetadataStore(Protocol):
         ...
 
     async def release_all_leases(self) -> None:
-        """Forget every lease, of batches and shards: for a single server that has just proved it is
-        the only one."""
+        """Forget every lease, of batches, shards and webhook deliveries: for a single server that has
+        just proved it is the only one."""
         ...
 
     # -- shards: ranges of a running batch's lines, each run by one worker at a time --------------
@@ -141,10 +205,35 @@ class MetadataStore(Protocol):
         Returns (slots held now, its share); it may send min(held, share) requests at once."""
         ...
 
+    # -- statistics: what the dashboard and the progress endpoint show ----------------------------
+    async def record_progress(self, batch_id: str, sample: Sample) -> None:
+        """Keep the batch's counts at `sample.at` (a second sample at the same second replaces it)."""
+        ...
+
+    async def progress_samples(self, batch_id: str) -> list[Sample]:
+        """The batch's samples, oldest first."""
+        ...
+
+    async def error_groups(self, batch_id: str) -> list[ErrorGroup]:
+        """The batch's error-file lines grouped by error code and upstream status, the biggest group
+        first, each with its lowest line as the example; counted by `record_results`, so they outlive
+        `delete_results`."""
+        ...
+
+    async def report_backends(self, statuses: Sequence[BackendStatus]) -> None:
+        """Keep each status as its worker's latest report of its backend (one per backend and worker);
+        reports a day older than the newest given are forgotten."""
+        ...
+
+    async def backend_reports(self, since: int) -> list[BackendStatus]:
+        """Every worker's latest report of each backend made at or after `since`, by backend, worker."""
+        ...
+
     # -- results -------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Insert rows whose line has no result yet (others are ignored) and update the batch's
-        request_counts and usage in the same transaction. Returns how many rows were new."""
+        request_counts, usage and error groups (see `error_groups`) in the same transaction, counting
+        only the new rows. Returns how many rows were new."""
         ...
 
     async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:

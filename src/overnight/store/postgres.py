@@ -18,18 +18,26 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import asyncpg
 
 from overnight.domain.clock import Clock, SystemClock
+from overnight.domain.events import Delivery, Event
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.limits import fair_share
 from overnight.domain.models import (
+    BackendStatus,
     Batch,
     BatchStatus,
+    DailyUsage,
+    ErrorGroup,
     FileObject,
     Page,
     ResultKind,
     ResultRow,
     Shard,
 )
+from overnight.domain.progress import Sample
+from overnight.store import postgres_outbox as outbox
 from overnight.store import postgres_sql as sql
+from overnight.store import postgres_stats as stats
+from overnight.store import postgres_usage as usage_sql
 from overnight.store import schema
 from overnight.store.base import ALL_LINES, LineRange, Order, StoreUnavailable
 from overnight.store.rows import (
@@ -40,6 +48,8 @@ from overnight.store.rows import (
     page,
     shard_from_row,
 )
+from overnight.store.stats import backend_from_row, error_group, sample_from_row
+from overnight.store.usage_rows import ENQUEUED_STATUSES, daily_usage, in_order
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -307,9 +317,13 @@ class PostgresStore:
         return bool(await self._fetchval(sql.FILE_IN_USE, file_id, _TERMINAL))
 
     # -- batches ---------------------------------------------------------------------------------
-    async def add_batch(self, batch: Batch) -> None:
+    async def add_batch(self, batch: Batch, event: Event | None = None) -> None:
         values = batch_values(batch)
-        await self._execute(sql.ADD_BATCH, *(values[column] for column in BATCH_COLUMNS))
+        row = [values[column] for column in BATCH_COLUMNS]
+        if event is None:
+            await self._execute(sql.ADD_BATCH, *row)
+        else:
+            await self._call(outbox.with_event(event, sql.ADD_BATCH, *row))
 
     async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
         if project is None:
@@ -318,20 +332,29 @@ class PostgresStore:
             row = await self._fetchrow(sql.GET_PROJECT_BATCH, batch_id, project)
         return None if row is None else batch_from_row(row)
 
-    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
-        if after is None:
-            rows = await self._fetch(sql.LIST_BATCHES, project, max(limit, 0) + 1)
+    async def list_batches(self, project: str | None, *, after: str | None, limit: int) -> Page[Batch]:
+        args: list[str]
+        if project is None:  # every project's
+            query = usage_sql.LIST_ALL_BATCHES if after is None else usage_sql.LIST_ALL_BATCHES_AFTER
+            args = [] if after is None else [after]
+        elif after is None:
+            query, args = sql.LIST_BATCHES, [project]
         else:
-            rows = await self._fetch(sql.LIST_BATCHES_AFTER, project, after, max(limit, 0) + 1)
+            query, args = sql.LIST_BATCHES_AFTER, [project, after]
+        rows = await self._fetch(query, *args, max(limit, 0) + 1)
         return page([batch_from_row(row) for row in rows], limit)
 
-    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
+    async def transition_batch(
+        self, batch: Batch, expected: Collection[BatchStatus], event: Event | None = None
+    ) -> bool:
         statuses = _values(expected)
         if not statuses:
             return False
         values = batch_values(batch)
-        changes = (values[column] for column in TRANSITION_COLUMNS)
-        return await self._execute(sql.TRANSITION_BATCH, batch.id, *changes, statuses) > 0
+        changes = [values[column] for column in TRANSITION_COLUMNS]
+        if event is None:
+            return await self._execute(sql.TRANSITION_BATCH, batch.id, *changes, statuses) > 0
+        return await self._call(outbox.with_event(event, sql.TRANSITION_BATCH, batch.id, *changes, statuses))
 
     async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
         wanted = _values(statuses)
@@ -341,6 +364,48 @@ class PostgresStore:
 
     async def count_batches(self) -> dict[BatchStatus, int]:
         return {BatchStatus(status): count for status, count in await self._fetch(sql.COUNT_BATCHES)}
+
+    # -- usage and budgets -----------------------------------------------------------------------
+    async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
+        if project is None:
+            rows = await self._fetch(usage_sql.USAGE_BY_DAY, start, end)
+        else:
+            rows = await self._fetch(usage_sql.PROJECT_USAGE_BY_DAY, start, end, project)
+        return in_order(daily_usage(row) for row in rows)
+
+    async def enqueued_tokens(self, project: str) -> int:
+        total: int = await self._fetchval(usage_sql.ENQUEUED_TOKENS, project, ENQUEUED_STATUSES)
+        return total
+
+    # -- the webhooks' outbox --------------------------------------------------------------------
+    async def claim_deliveries(
+        self, worker: str, now: int, lease_s: int, limit: int, endpoints: Collection[str]
+    ) -> list[Delivery]:
+        if limit <= 0 or not endpoints:
+            return []
+        rows = await self._fetch(outbox.CLAIM_DELIVERIES, worker, now, lease_s, limit, sorted(set(endpoints)))
+        return [outbox.delivery_from_row(row) for row in rows]
+
+    async def finish_delivery(self, delivery: Delivery, now: int, status: int) -> bool:
+        args = (delivery.event_id, delivery.endpoint, now, status)
+        return await self._execute(outbox.FINISH_DELIVERY, *args) > 0
+
+    async def retry_delivery(
+        self,
+        delivery: Delivery,
+        worker: str,
+        now: int,
+        *,
+        retry_at: int | None,
+        status: int | None,
+        error: str,
+    ) -> bool:
+        args = (delivery.event_id, delivery.endpoint, worker, now, retry_at, status, error)
+        return await self._execute(outbox.RETRY_DELIVERY, *args) > 0
+
+    async def pending_deliveries(self) -> int:
+        count: int = await self._fetchval(outbox.PENDING_DELIVERIES)
+        return count
 
     # -- leases ----------------------------------------------------------------------------------
     async def claim_batch(self, batch_id: str, worker: str, now: int, lease_s: int) -> bool:
@@ -352,6 +417,7 @@ class PostgresStore:
     async def release_all_leases(self) -> None:
         await self._execute(sql.RELEASE_ALL_LEASES)
         await self._execute(sql.RELEASE_ALL_SHARD_LEASES)
+        await self._execute(outbox.RELEASE_ALL_DELIVERY_LEASES)
 
     # -- shards ----------------------------------------------------------------------------------
     async def add_shards(self, shards: Sequence[Shard]) -> None:
@@ -410,11 +476,33 @@ class PostgresStore:
 
         return await self._call(hold)
 
+    # -- statistics: progress samples, error groups, backend reports ---------------------------
+    async def record_progress(self, batch_id: str, sample: Sample) -> None:
+        await self._execute(stats.ADD_SAMPLE, batch_id, sample.at, sample.completed, sample.failed)
+
+    async def progress_samples(self, batch_id: str) -> list[Sample]:
+        return [sample_from_row(row) for row in await self._fetch(stats.SAMPLES, batch_id)]
+
+    async def error_groups(self, batch_id: str) -> list[ErrorGroup]:
+        return [error_group(*row) for row in await self._fetch(stats.ERROR_GROUPS, batch_id)]
+
+    async def report_backends(self, statuses: Sequence[BackendStatus]) -> None:
+        if statuses:
+            await self._call(lambda pool: stats.report_backends(pool, statuses))
+
+    async def backend_reports(self, since: int) -> list[BackendStatus]:
+        return [backend_from_row(row) for row in await self._fetch(stats.BACKEND_REPORTS, since)]
+
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         if not rows:
             return 0
-        new: int = await self._fetchval(sql.RECORD_RESULTS, batch_id, *_result_columns(rows))
+        columns = _result_columns(rows)
+        errors = stats.error_columns(rows)
+        if errors is None:
+            new: int = await self._fetchval(sql.RECORD_RESULTS, batch_id, *columns)
+        else:
+            new = await self._fetchval(sql.RECORD_RESULTS_COUNTING_ERRORS, batch_id, *columns, *errors)
         return new
 
     async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:

@@ -157,11 +157,33 @@ SHARDS_OF = f"SELECT {SHARD_COLUMNS} FROM shards WHERE batch_id = $1 ORDER BY sh
 
 # -- results -------------------------------------------------------------------------------------
 
+
 # $1 batch, then one array per column: line_no, kind, line, and the four token counts. The rows come
 # without duplicate lines and in line order (the same lock order in every transaction: no deadlock
 # between two groups that overlap). The INSERT's RETURNING holds only the rows that were new, so the
 # counters grow by exactly those, in the same statement; a group of nothing new touches no batch.
-RECORD_RESULTS = """
+# With `errors`, three more arrays name the error-file rows ($9 line_no, $10 code, $11 status, 0 for
+# none): those that were new are counted into their error groups, in the same statement too.
+def _record_results(*, errors: bool) -> str:
+    returning = "line_no, line, kind" if errors else "kind"
+    grouped = (
+        """, grouped AS (
+    INSERT INTO batch_error_groups (batch_id, code, status, line_count, example_line, example)
+    SELECT $1, f.code, f.status, count(*), min(new.line_no), (array_agg(new.line ORDER BY new.line_no))[1]
+    FROM new JOIN unnest($9::bigint[], $10::text[], $11::bigint[]) AS f (line_no, code, status)
+        ON f.line_no = new.line_no
+    GROUP BY f.code, f.status
+    ORDER BY f.code, f.status
+    ON CONFLICT (batch_id, code, status) DO UPDATE SET
+        line_count = batch_error_groups.line_count + excluded.line_count,
+        example = CASE WHEN excluded.example_line < batch_error_groups.example_line
+                       THEN excluded.example ELSE batch_error_groups.example END,
+        example_line = least(batch_error_groups.example_line, excluded.example_line)
+)"""
+        if errors
+        else ""
+    )
+    return f"""
 WITH incoming AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[],
                          $7::bigint[], $8::bigint[])
@@ -172,7 +194,7 @@ WITH incoming AS (
     SELECT $1, line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens
     FROM incoming
     ON CONFLICT (batch_id, line_no) DO NOTHING
-    RETURNING kind, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+    RETURNING {returning}, input_tokens, output_tokens, cached_tokens, reasoning_tokens
 ), added AS (
     SELECT count(*) AS rows,
            count(*) FILTER (WHERE kind = 'succeeded') AS completed,
@@ -192,9 +214,13 @@ WITH incoming AS (
         reasoning_tokens = batches.reasoning_tokens + added.reasoning_tokens
     FROM added
     WHERE batches.id = $1 AND added.rows > 0
-)
+){grouped}
 SELECT rows FROM added
 """
+
+
+RECORD_RESULTS = _record_results(errors=False)
+RECORD_RESULTS_COUNTING_ERRORS = _record_results(errors=True)
 FINISHED_LINES = "SELECT line_no FROM results WHERE batch_id = $1 AND line_no >= $2 AND line_no < $3"
 # One page of a result stream: the lines after line $2, in line order (keyset paging: no connection is held
 # between pages, however slowly the stream is read). Joining them in Python beat string_agg on the server

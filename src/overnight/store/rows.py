@@ -18,6 +18,7 @@ STAMPS = tuple(STAMP.values())
 BATCH_PLAIN = (
     *("id", "project", "endpoint", "input_file_id", "completion_window", "created_at", "expires_at"),
     *("output_expires_after", "model", "output_file_id", "error_file_id", *STAMPS),
+    "enqueued_tokens",  # set once, at create time
 )
 COUNTERS = ("completed", "failed", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 BATCH_COLUMNS = (*BATCH_PLAIN, "status", "metadata", "errors", "total", *COUNTERS)

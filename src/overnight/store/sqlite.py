@@ -12,20 +12,28 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from overnight.domain.clock import Clock, SystemClock
+from overnight.domain.events import Delivery, Event
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import (
+    BackendStatus,
     Batch,
     BatchStatus,
+    DailyUsage,
+    ErrorGroup,
     FileObject,
     Page,
     ResultKind,
     ResultRow,
     Shard,
 )
+from overnight.domain.progress import Sample
 from overnight.store import schema
 from overnight.store import sqlite_leases as leases
+from overnight.store import sqlite_outbox as outbox
 from overnight.store import sqlite_shards as shards
 from overnight.store import sqlite_slots as slots
+from overnight.store import sqlite_stats as stats
+from overnight.store import sqlite_usage as usage
 from overnight.store.base import ALL_LINES, LineRange, Order
 from overnight.store.rows import (
     BATCH_COLUMNS,
@@ -210,12 +218,18 @@ def _get_batch(conn: sqlite3.Connection, batch_id: str, project: str | None) -> 
     return None if row is None else batch_from_row(row)
 
 
-def _list_batches(conn: sqlite3.Connection, project: str, after: str | None, limit: int) -> Page[Batch]:
-    clauses, params = ["project = ?"], [project]
+def _list_batches(
+    conn: sqlite3.Connection, project: str | None, after: str | None, limit: int
+) -> Page[Batch]:
+    clauses, params = [], []
+    if project is not None:  # None: every project's
+        clauses.append("project = ?")
+        params.append(project)
     if after is not None:
         clauses.append("id < ?")
         params.append(after)
-    sql = f"{_BATCH_SELECT} WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"{_BATCH_SELECT}{where} ORDER BY id DESC LIMIT ?"
     rows = conn.execute(sql, (*params, max(limit, 0) + 1)).fetchall()
     return page([batch_from_row(row) for row in rows], limit)
 
@@ -274,7 +288,8 @@ def _add_counters(conn: sqlite3.Connection, batch_id: str, new_rows: Iterable[Re
 
 
 def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:
-    """Insert the rows of lines without a result and count only those.
+    """Insert the rows of lines without a result and count only those (in the batch's counters and
+    its error groups).
 
     Usually every row is new: one executemany does it. When some line already had a result (a
     request re-run after a crash), that attempt is rolled back and the rows go one at a time.
@@ -286,6 +301,7 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
         if conn.total_changes - before == len(rows):
             conn.execute("RELEASE fast")
             _add_counters(conn, batch_id, rows)
+            stats.add_error_groups(conn, batch_id, rows)
             return len(rows)
         conn.execute("ROLLBACK TO fast")
         conn.execute("RELEASE fast")
@@ -295,6 +311,7 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
         ]
         if new_rows:
             _add_counters(conn, batch_id, new_rows)
+            stats.add_error_groups(conn, batch_id, new_rows)
         return len(new_rows)
 
 
@@ -401,20 +418,34 @@ class SqliteStore:
         return await self._call(_file_in_use, file_id)
 
     # -- batches ---------------------------------------------------------------------------------
-    async def add_batch(self, batch: Batch) -> None:
-        await self._call(_add_batch, batch)
+    async def add_batch(self, batch: Batch, event: Event | None = None) -> None:
+        if event is None:
+            await self._call(_add_batch, batch)
+            return
+
+        def added(conn: sqlite3.Connection) -> bool:
+            _add_batch(conn, batch)
+            return True
+
+        await self._call(outbox.with_event, event, added)
 
     async def get_batch(self, batch_id: str, project: str | None = None) -> Batch | None:
         return await self._call(_get_batch, batch_id, project)
 
-    async def list_batches(self, project: str, *, after: str | None, limit: int) -> Page[Batch]:
+    async def list_batches(self, project: str | None, *, after: str | None, limit: int) -> Page[Batch]:
         return await self._call(_list_batches, project, after, limit)
 
-    async def transition_batch(self, batch: Batch, expected: Collection[BatchStatus]) -> bool:
+    async def transition_batch(
+        self, batch: Batch, expected: Collection[BatchStatus], event: Event | None = None
+    ) -> bool:
         statuses = sorted({BatchStatus(status).value for status in expected})
         if not statuses:
             return False
-        return await self._call(_transition_batch, batch, statuses)
+        if event is None:
+            return await self._call(_transition_batch, batch, statuses)
+        return await self._call(
+            outbox.with_event, event, lambda conn: _transition_batch(conn, batch, statuses)
+        )
 
     async def batches_in(self, statuses: Collection[BatchStatus]) -> list[Batch]:
         wanted = sorted({BatchStatus(status).value for status in statuses})
@@ -424,6 +455,40 @@ class SqliteStore:
 
     async def count_batches(self) -> dict[BatchStatus, int]:
         return await self._call(_count_batches)
+
+    # -- usage and budgets -----------------------------------------------------------------------
+    async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
+        return await self._call(usage.usage_by_day, project, start, end)
+
+    async def enqueued_tokens(self, project: str) -> int:
+        return await self._call(usage.enqueued_tokens, project)
+
+    # -- the webhooks' outbox --------------------------------------------------------------------
+    async def claim_deliveries(
+        self, worker: str, now: int, lease_s: int, limit: int, endpoints: Collection[str]
+    ) -> list[Delivery]:
+        names = sorted(set(endpoints))
+        return await self._call(outbox.claim_deliveries, worker, now, lease_s, limit, names)
+
+    async def finish_delivery(self, delivery: Delivery, now: int, status: int) -> bool:
+        return await self._call(outbox.finish_delivery, delivery.event_id, delivery.endpoint, now, status)
+
+    async def retry_delivery(
+        self,
+        delivery: Delivery,
+        worker: str,
+        now: int,
+        *,
+        retry_at: int | None,
+        status: int | None,
+        error: str,
+    ) -> bool:
+        return await self._call(
+            outbox.retry_delivery, delivery.event_id, delivery.endpoint, worker, now, retry_at, status, error
+        )
+
+    async def pending_deliveries(self) -> int:
+        return await self._call(outbox.pending_deliveries)
 
     # -- leases ----------------------------------------------------------------------------------
     async def claim_batch(self, batch_id: str, worker: str, now: int, lease_s: int) -> bool:
@@ -435,6 +500,7 @@ class SqliteStore:
     async def release_all_leases(self) -> None:
         await self._call(leases.release_all_leases)
         await self._call(shards.release_all_shard_leases)
+        await self._call(outbox.release_all_delivery_leases)
 
     # -- shards ----------------------------------------------------------------------------------
     async def add_shards(self, planned: Sequence[Shard]) -> None:
@@ -461,6 +527,23 @@ class SqliteStore:
         self, backend: str, worker: str, *, wants: bool, in_use: int, limit: int, now: int, lease_s: int
     ) -> tuple[int, int]:
         return await self._call(slots.hold_slots, backend, worker, wants, in_use, limit, now, lease_s)
+
+    # -- statistics: progress samples, error groups, backend reports ---------------------------
+    async def record_progress(self, batch_id: str, sample: Sample) -> None:
+        await self._call(stats.record_progress, batch_id, sample)
+
+    async def progress_samples(self, batch_id: str) -> list[Sample]:
+        return await self._call(stats.progress_samples, batch_id)
+
+    async def error_groups(self, batch_id: str) -> list[ErrorGroup]:
+        return await self._call(stats.error_groups, batch_id)
+
+    async def report_backends(self, statuses: Sequence[BackendStatus]) -> None:
+        if statuses:
+            await self._call(stats.report_backends, statuses)
+
+    async def backend_reports(self, since: int) -> list[BackendStatus]:
+        return await self._call(stats.backend_reports, since)
 
     # -- results ---------------------------------------------------------------------------------
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:

@@ -1,0 +1,1 @@
+"""Webhooks: signing and sending the batch events the store's outbox holds (docs/webhooks.md)."""
