@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from overnight import config_values as plain
 from overnight.config_prices import parse_optional_budget, parse_prices, parse_token_budgets
+from overnight.config_values import ConfigError as ConfigError  # what callers catch
 from overnight.config_webhooks import WebhookConfig, parse_webhooks, read_webhook_secrets
 from overnight.domain.limits import parse_window
 from overnight.domain.pricing import Price
 from overnight.probes import POINTS
 
 ENV_PREFIX = "OVERNIGHT_"
-
-
-class ConfigError(Exception):
-    """A bad setting; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,73 +259,10 @@ def env_name(setting: str) -> str:
 # -- parsing ------------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"setting '{name}': expected an integer, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting '{name}': expected an integer, got {value!r}") from None
-    if number <= 0 or (isinstance(value, float) and value != number):
-        raise ConfigError(f"setting '{name}': expected a positive integer, got {value!r}")
-    return number
-
-
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    return None if value is None else _positive_int(name, value)
-
-
-def _port(name: str, value: Any) -> int:
-    number = _positive_int(name, value)
-    if number > 65535:
-        raise ConfigError(f"setting '{name}': {number} is not a TCP port")
-    return number
-
-
-def _positive_float(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting '{name}': expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not number > 0:
-        raise ConfigError(f"setting '{name}': expected a positive number, got {value!r}")
-    return number
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"setting '{name}': expected a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    return None if value in (None, "") else _text(name, value)
-
-
-def _path(name: str, value: Any) -> Path:
-    return Path(_text(name, value))
-
-
-def _optional_path(name: str, value: Any) -> Path | None:
-    return None if value in (None, "") else _path(name, value)
-
-
-def _url(name: str, value: Any) -> str:
-    text = _text(name, value)
-    parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"setting '{name}': {text!r} is not an http(s) URL")
-    return text.rstrip("/")
-
-
-def _optional_url(name: str, value: Any) -> str | None:
-    return None if value in (None, "") else _url(name, value)
-
-
 def _optional_database_url(name: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = _text(name, value)
+    text = plain.text(name, value)
     parsed = urlparse(text)
     has_host = bool(parsed.hostname) or "host=" in parsed.query  # ?host=/run/postgresql: a Unix socket
     if parsed.scheme not in ("postgresql", "postgres") or not has_host or not parsed.path.strip("/"):
@@ -342,7 +277,7 @@ def _optional_database_url(name: str, value: Any) -> str | None:
 def _optional_blob_url(name: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = _text(name, value)
+    text = plain.text(name, value)
     parsed = urlparse(text)
     if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
         raise ConfigError(f"setting '{name}': {text!r} is not s3://bucket or s3://bucket/prefix")
@@ -350,14 +285,14 @@ def _optional_blob_url(name: str, value: Any) -> str | None:
 
 
 def _log_level(name: str, value: Any) -> str:
-    text = _text(name, value).lower()
+    text = plain.text(name, value).lower()
     if text not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"setting '{name}': expected debug, info, warning or error, got {value!r}")
     return text
 
 
 def _crash_point(name: str, value: Any) -> str | None:
-    spec = _optional_text(name, value)
+    spec = plain.optional_text(name, value)
     if spec is not None:
         point, _, times = spec.partition(":")
         if point not in POINTS or (times and not times.isdigit()):
@@ -365,15 +300,8 @@ def _crash_point(name: str, value: Any) -> str | None:
     return spec
 
 
-def _string_list(name: str, value: Any) -> tuple[str, ...]:
-    items = [item.strip() for item in value.split(",")] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
-        raise ConfigError(f"setting '{name}': expected a list of strings, got {value!r}")
-    return tuple(items)
-
-
 def _windows(name: str, value: Any) -> tuple[str, ...]:
-    windows = _string_list(name, value)
+    windows = plain.string_list(name, value)
     if not windows:
         raise ConfigError(f"setting '{name}': at least one completion window is needed")
     for window in windows:
@@ -395,23 +323,12 @@ def _api_keys(name: str, value: Any) -> tuple[ApiKey, ...]:
             raise ConfigError(f"setting '{where}': expected a table with key and project")
         keys.append(
             ApiKey(
-                key=_text(f"{where}.key", entry.get("key")),
-                project=_text(f"{where}.project", entry.get("project")),
-                admin=_bool(f"{where}.admin", entry.get("admin", False)),
+                key=plain.text(f"{where}.key", entry.get("key")),
+                project=plain.text(f"{where}.project", entry.get("project")),
+                admin=plain.boolean(f"{where}.admin", entry.get("admin", False)),
             )
         )
     return tuple(keys)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, str | int) else None
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"setting '{name}': expected true or false, got {value!r}")
 
 
 def _aliases(name: str, value: Any) -> tuple[tuple[str, str], ...]:
@@ -421,7 +338,7 @@ def _aliases(name: str, value: Any) -> tuple[tuple[str, str], ...]:
     for alias, target in value.items():
         if not alias:
             raise ConfigError(f"setting '{name}': an alias may not be empty")
-        pairs.append((alias, _text(f"{name}.{alias}", target)))
+        pairs.append((alias, plain.text(f"{name}.{alias}", target)))
     return tuple(pairs)
 
 
@@ -438,15 +355,15 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
         if unknown:
             raise ConfigError(f"setting '{where}.{unknown[0]}': unknown backend setting")
         backend = BackendConfig(
-            name=_text(f"{where}.name", entry.get("name")),
-            base_url=_url(f"{where}.base_url", entry.get("base_url")),
-            models=_string_list(f"{where}.models", entry.get("models", ["*"])),
-            api_key_env=_optional_text(f"{where}.api_key_env", entry.get("api_key_env")),
-            max_concurrency=_positive_int(f"{where}.max_concurrency", entry.get("max_concurrency", 64)),
-            requests_per_minute=_optional_positive_int(
+            name=plain.text(f"{where}.name", entry.get("name")),
+            base_url=plain.url(f"{where}.base_url", entry.get("base_url")),
+            models=plain.string_list(f"{where}.models", entry.get("models", ["*"])),
+            api_key_env=plain.optional_text(f"{where}.api_key_env", entry.get("api_key_env")),
+            max_concurrency=plain.positive_int(f"{where}.max_concurrency", entry.get("max_concurrency", 64)),
+            requests_per_minute=plain.optional_positive_int(
                 f"{where}.requests_per_minute", entry.get("requests_per_minute")
             ),
-            tokens_per_minute=_optional_positive_int(
+            tokens_per_minute=plain.optional_positive_int(
                 f"{where}.tokens_per_minute", entry.get("tokens_per_minute")
             ),
         )
@@ -457,39 +374,39 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
 
 
 PARSERS: dict[str, Callable[[str, Any], Any]] = {
-    "host": _text,
-    "port": _port,
-    "data_dir": _path,
-    "config": _optional_path,
+    "host": plain.text,
+    "port": plain.port,
+    "data_dir": plain.path,
+    "config": plain.optional_path,
     "database_url": _optional_database_url,
     "blob_url": _optional_blob_url,
-    "s3_endpoint_url": _optional_url,
-    "s3_region": _optional_text,
-    "upstream": _optional_url,
-    "upstream_api_key_env": _optional_text,
-    "upstream_max_concurrency": _positive_int,
+    "s3_endpoint_url": plain.optional_url,
+    "s3_region": plain.optional_text,
+    "upstream": plain.optional_url,
+    "upstream_api_key_env": plain.optional_text,
+    "upstream_max_concurrency": plain.positive_int,
     "api_keys": _api_keys,
     "completion_windows": _windows,
-    "request_timeout_s": _positive_float,
-    "max_attempts": _positive_int,
-    "retry_base_delay_s": _positive_float,
-    "retry_max_delay_s": _positive_float,
-    "result_flush_interval_s": _positive_float,
-    "worker_poll_interval_s": _positive_float,
-    "file_sweep_interval_s": _positive_float,
-    "lease_s": _positive_int,
-    "shard_lines": _positive_int,
-    "worker_max_shards": _positive_int,
-    "shutdown_grace_s": _positive_float,
+    "request_timeout_s": plain.positive_float,
+    "max_attempts": plain.positive_int,
+    "retry_base_delay_s": plain.positive_float,
+    "retry_max_delay_s": plain.positive_float,
+    "result_flush_interval_s": plain.positive_float,
+    "worker_poll_interval_s": plain.positive_float,
+    "file_sweep_interval_s": plain.positive_float,
+    "lease_s": plain.positive_int,
+    "shard_lines": plain.positive_int,
+    "worker_max_shards": plain.positive_int,
+    "shutdown_grace_s": plain.positive_float,
     "log_level": _log_level,
     "crash_at": _crash_point,
     "backends": _backends,
-    "local_models": _bool,
+    "local_models": plain.boolean,
     "model_aliases": _aliases,
     "webhooks": parse_webhooks,
-    "webhook_timeout_s": _positive_float,
-    "webhook_retry_for_s": _positive_int,
-    "webhook_retry_base_s": _positive_float,
+    "webhook_timeout_s": plain.positive_float,
+    "webhook_retry_for_s": plain.positive_int,
+    "webhook_retry_base_s": plain.positive_float,
     "prices": parse_prices,
     "token_budgets": parse_token_budgets,
     "default_token_budget": parse_optional_budget,
@@ -559,7 +476,7 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = 
         if name not in FILE_ONLY and env_name(name) in environ
     }
     config_value = given_flags.get("config", from_env.get("config"))
-    config_path = _optional_path("config", config_value)
+    config_path = plain.optional_path("config", config_value)
     from_file = _read_config_file(config_path) if config_path else {}
     merged: dict[str, Any] = {**from_file, **from_env, **given_flags}
     for setting, standard in S3_STANDARD_VARIABLES.items():  # what every S3 client reads

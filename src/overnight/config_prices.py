@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from overnight.config_values import ConfigError
 from overnight.domain.pricing import Price
 
 PRICE_KEYS = (
@@ -26,18 +27,11 @@ PRICE_KEYS = (
 )
 
 
-def _error(message: str) -> Exception:
-    # Imported here: overnight.config imports this module for its PARSERS.
-    from overnight.config import ConfigError
-
-    return ConfigError(message)
-
-
 def _usd(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _error(f"setting '{name}': expected a price in USD per million tokens, got {value!r}")
+        raise ConfigError(f"setting '{name}': expected a price in USD per million tokens, got {value!r}")
     if not math.isfinite(value) or value < 0:
-        raise _error(f"setting '{name}': a price must be a number of 0 or more, got {value!r}")
+        raise ConfigError(f"setting '{name}': a price must be a number of 0 or more, got {value!r}")
     return float(value)
 
 
@@ -47,23 +41,23 @@ def _optional_usd(name: str, value: Any) -> float | None:
 
 def _discount(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise _error(f"setting '{name}': expected a fraction from 0 to 1 (0.5 is 50 %), got {value!r}")
+        raise ConfigError(f"setting '{name}': expected a fraction from 0 to 1 (0.5 is 50 %), got {value!r}")
     return float(value)
 
 
 def _price(where: str, entry: Any) -> Price:
     if not isinstance(entry, dict):
-        raise _error(f"setting '{where}': expected a table with model, input and output")
+        raise ConfigError(f"setting '{where}': expected a table with model, input and output")
     unknown = sorted(set(entry) - set(PRICE_KEYS))
     if unknown:
         known = ", ".join(PRICE_KEYS)
-        raise _error(f"setting '{where}.{unknown[0]}': unknown price setting (known: {known})")
+        raise ConfigError(f"setting '{where}.{unknown[0]}': unknown price setting (known: {known})")
     pattern = entry.get("model")
     if not isinstance(pattern, str) or not pattern:
-        raise _error(f"setting '{where}.model': expected a model name or glob such as \"gpt-4o*\"")
+        raise ConfigError(f"setting '{where}.model': expected a model name or glob such as \"gpt-4o*\"")
     for required in ("input", "output"):
         if required not in entry:
-            raise _error(f"setting '{where}.{required}': missing; the price of {pattern!r} needs it")
+            raise ConfigError(f"setting '{where}.{required}': missing; the price of {pattern!r} needs it")
     return Price(
         pattern=pattern,
         input=_usd(f"{where}.input", entry["input"]),
@@ -79,30 +73,30 @@ def _price(where: str, entry: Any) -> Price:
 def parse_prices(name: str, value: Any) -> tuple[Price, ...]:
     """`[[prices]]` tables, in order."""
     if not isinstance(value, list):
-        raise _error(f"setting '{name}': expected [[{name}]] tables with model, input and output")
+        raise ConfigError(f"setting '{name}': expected [[{name}]] tables with model, input and output")
     return tuple(_price(f"{name}[{index}]", entry) for index, entry in enumerate(value))
 
 
 def _tokens(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _error(f"setting '{name}': expected a whole number of tokens, got {value!r}")
+        raise ConfigError(f"setting '{name}': expected a whole number of tokens, got {value!r}")
     try:
         number = int(value)
     except ValueError:
-        raise _error(f"setting '{name}': expected a whole number of tokens, got {value!r}") from None
+        raise ConfigError(f"setting '{name}': expected a whole number of tokens, got {value!r}") from None
     if number <= 0:
-        raise _error(f"setting '{name}': a token budget must be positive, got {value!r}")
+        raise ConfigError(f"setting '{name}': a token budget must be positive, got {value!r}")
     return number
 
 
 def parse_token_budgets(name: str, value: Any) -> tuple[tuple[str, int], ...]:
     """A `[token_budgets]` table of project = enqueued tokens."""
     if not isinstance(value, dict):
-        raise _error(f"setting '{name}': expected a [{name}] table of \"project\" = tokens")
+        raise ConfigError(f"setting '{name}': expected a [{name}] table of \"project\" = tokens")
     budgets = []
     for project, tokens in value.items():
         if not project:
-            raise _error(f"setting '{name}': a project name may not be empty")
+            raise ConfigError(f"setting '{name}': a project name may not be empty")
         budgets.append((project, _tokens(f"{name}.{project}", tokens)))
     return tuple(budgets)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from overnight.config_values import ConfigError
 from overnight.domain.events import EVENT_TYPES, Subscription, Subscriptions
 from overnight.webhooks.signing import secret_key
 
@@ -36,8 +37,6 @@ class WebhookConfig:
 
 
 def _fail(setting: str, problem: str) -> NoReturn:
-    from overnight.config import ConfigError  # here, not at the top: overnight.config imports this module
-
     raise ConfigError(f"setting '{setting}': {problem}")
 
 

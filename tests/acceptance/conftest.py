@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch, FileObject
 
+from support import postgres
 from support.server import FakeUpstreamProcess, OvernightServer
 
 FAKE_MODELS = ["fake-*", "gpt-*", "text-embedding-*", "omni-moderation-*"]
@@ -141,3 +143,14 @@ def error_shape(response: httpx2.Response, status: int) -> dict[str, Any]:
     assert error["message"]
     assert error["type"] == "invalid_request_error"
     return error
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (`overnight migrate` or the first server builds the schema)."""
+    found = postgres.server()
+    name = asyncio.run(found.create_database())
+    try:
+        yield found.dsn(name)
+    finally:
+        asyncio.run(found.drop_database(name))

@@ -72,16 +72,6 @@ class Cluster:
         return (self.folder / f"{name}.log").read_text(errors="replace")
 
 
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    found = postgres.server()
-    name = asyncio.run(found.create_database())  # empty: `overnight migrate` builds the schema
-    try:
-        yield found.dsn(name)
-    finally:
-        asyncio.run(found.drop_database(name))
-
-
 def start_cluster(
     tmp_path: Path,
     database_url: str,

@@ -8,21 +8,17 @@ requests in flight then run again after the restart or the takeover.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from openai import OpenAI
 
 from acceptance.conftest import chat_line, make_client, read_lines, upload, wait_for, write_config
 from acceptance.test_cluster import pid_of, running_cluster, start_cluster
-from support import postgres
 from support.seaweed import SeaweedS3
 from support.server import FakeUpstreamProcess, OvernightServer
 
@@ -99,16 +95,6 @@ def test_usage_is_counted_once_through_retries_and_a_kill(
         assert result["usage"]["output_tokens"] == done.usage.output_tokens
     finally:
         server.stop()
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    found = postgres.server()
-    name = asyncio.run(found.create_database())
-    try:
-        yield found.dsn(name)
-    finally:
-        asyncio.run(found.drop_database(name))
 
 
 def test_usage_is_counted_once_when_a_shard_is_taken_over(

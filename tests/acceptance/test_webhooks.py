@@ -5,7 +5,6 @@ workers on PostgreSQL deliver each event once."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
@@ -21,7 +20,6 @@ import pytest
 from openai import OpenAI
 
 from acceptance.conftest import chat_line, make_client, upload, wait_for, write_config
-from support import postgres
 from support.server import FakeUpstreamProcess, OvernightServer, free_port, stop_process, wait_until_healthy
 from support.webhook_receiver import BatchEvent, Received, ReceiverThread, WebhookReceiver, wait_until
 
@@ -246,16 +244,6 @@ def test_a_bad_webhook_setting_stops_start_up_with_one_clear_line(
 
 
 # -- two workers on PostgreSQL ------------------------------------------------------------------
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    found = postgres.server()
-    name = asyncio.run(found.create_database())
-    try:
-        yield found.dsn(name)
-    finally:
-        asyncio.run(found.drop_database(name))
 
 
 def test_two_workers_on_postgres_deliver_each_event_once(

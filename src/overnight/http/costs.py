@@ -17,7 +17,7 @@ from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.errors import InvalidRequest
 from overnight.domain.pricing import CostGroup, CostRow, group_costs
 from overnight.http.auth import identity_of
-from overnight.http.wire import json_response
+from overnight.http.wire import json_response, usage_json
 from overnight.services.costs import CostsService, day_name
 
 DAY_S = 86400
@@ -190,13 +190,7 @@ def result_json(group: CostGroup, *, by_project: bool, by_model: bool) -> dict[s
         "priced": cost.priced,
         "message": None if cost.priced else _unpriced_message(group),
         "batch_count": group.batches,
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": usage.cached_tokens},
-            "output_tokens": usage.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-            "total_tokens": usage.total_tokens,
-        },
+        "usage": usage_json(usage),
     }
 
 

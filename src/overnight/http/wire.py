@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from overnight.domain.models import Batch, FileObject, Page
+from overnight.domain.models import Batch, FileObject, Page, Usage
 
 T = TypeVar("T")
 
@@ -32,9 +32,19 @@ def file_json(file: FileObject) -> dict[str, Any]:
     }
 
 
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """Token usage as OpenAI's Batch object carries it."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
 def batch_json(batch: Batch) -> dict[str, Any]:
     counts = batch.request_counts
-    usage = batch.usage
     errors = None
     if batch.errors:
         errors = {
@@ -64,13 +74,7 @@ def batch_json(batch: Batch) -> dict[str, Any]:
         "cancelling_at": batch.cancelling_at,
         "cancelled_at": batch.cancelled_at,
         "request_counts": {"total": counts.total, "completed": counts.completed, "failed": counts.failed},
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "input_tokens_details": {"cached_tokens": usage.cached_tokens},
-            "output_tokens": usage.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-            "total_tokens": usage.total_tokens,
-        },
+        "usage": usage_json(batch.usage),
         "metadata": batch.metadata,
     }
 
