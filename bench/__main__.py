@@ -16,6 +16,7 @@ from typing import Any
 from . import (
     cluster_crash,
     crash,
+    dashboard,
     dispatch,
     embeddings,
     ingest,
@@ -24,6 +25,7 @@ from . import (
     scaleout,
     soak,
     stall,
+    webhooks,
     workers,
 )
 from .procs import machine
@@ -40,6 +42,8 @@ SCENARIOS = (
     "workers",
     "cluster_crash",
     "pgdriver_dispatch",
+    "webhooks",
+    "dashboard",
 )
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
@@ -95,6 +99,8 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "workers": lambda: workers.run(work, workers_n, 50.0),
         "cluster_crash": lambda: cluster_crash.run(work, crash_n, c, 20.0),
         "pgdriver_dispatch": lambda: pgdriver_dispatch.run(work, scaleout_n, c),
+        "webhooks": lambda: webhooks.run(work, 200 if quick else 2_000),
+        "dashboard": lambda: dashboard.run(work, 200 if quick else 2_000, 50 if quick else 200),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

@@ -129,6 +129,19 @@ async def test_slots_are_shared_fairly_and_never_more_than_the_limit(store: Meta
     assert await hold("w2", 136) == (16, 16)
 
 
+async def test_a_lone_restart_takes_back_every_slot_at_once(store: MetadataStore) -> None:
+    # A single server killed holding every slot must not wait for their leases after its restart.
+    assert await store.hold_slots("up", "dead", wants=True, in_use=16, limit=16, now=100, lease_s=30) == (
+        16,
+        16,
+    )
+    await store.release_all_leases()
+    assert await store.hold_slots("up", "new", wants=True, in_use=0, limit=16, now=101, lease_s=30) == (
+        16,
+        16,
+    )
+
+
 @given(
     steps=st.lists(
         st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans(), st.integers(0, 16)), max_size=40

@@ -161,8 +161,8 @@ class MetadataStore(Protocol):
         ...
 
     async def release_all_leases(self) -> None:
-        """Forget every lease, of batches, shards and webhook deliveries: for a single server that has
-        just proved it is the only one."""
+        """Forget every lease, of batches, shards, webhook deliveries and backend slots: for a single
+        server that has just proved it is the only one."""
         ...
 
     # -- shards: ranges of a running batch's lines, each run by one worker at a time --------------

@@ -418,6 +418,8 @@ class PostgresStore:
         await self._execute(sql.RELEASE_ALL_LEASES)
         await self._execute(sql.RELEASE_ALL_SHARD_LEASES)
         await self._execute(outbox.RELEASE_ALL_DELIVERY_LEASES)
+        await self._execute(sql.RELEASE_ALL_SLOTS)
+        await self._execute(sql.FORGET_ALL_SLOT_WORKERS)
 
     # -- shards ----------------------------------------------------------------------------------
     async def add_shards(self, shards: Sequence[Shard]) -> None:

@@ -103,6 +103,11 @@ RELEASE_ALL_LEASES = (
     "UPDATE batches SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
 )
 
+RELEASE_ALL_SLOTS = (
+    "UPDATE backend_slots SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
+)
+FORGET_ALL_SLOT_WORKERS = "DELETE FROM backend_workers"
+
 RELEASE_ALL_SHARD_LEASES = (
     "UPDATE shards SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
 )

@@ -501,6 +501,7 @@ class SqliteStore:
         await self._call(leases.release_all_leases)
         await self._call(shards.release_all_shard_leases)
         await self._call(outbox.release_all_delivery_leases)
+        await self._call(slots.release_all_slots)
 
     # -- shards ----------------------------------------------------------------------------------
     async def add_shards(self, planned: Sequence[Shard]) -> None:

@@ -81,3 +81,10 @@ def hold_slots(
                 )
             count += len(free)
         return count, target
+
+
+def release_all_slots(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "UPDATE backend_slots SET worker_id = NULL, lease_expires_at = NULL WHERE worker_id IS NOT NULL"
+    )
+    conn.execute("DELETE FROM backend_workers")
