@@ -40,6 +40,7 @@ SHOWCASE_DELAY_MS = 400  # each showcase line's upstream latency: at 64 at once 
 REFUSED = {400: 0.08, 422: 0.04}  # share of the showcase's lines the upstream refuses, by status
 CREATE_CONCURRENCY = 8
 WARMUP = 10
+IDLE_S = 2.0  # the server's CPU with no request at all, before the measurement: what the running batches cost
 PRICES = '[[prices]]\nmodel = "gpt-4o-mini*"\ninput = 0.15\ncached_input = 0.075\noutput = 0.60\n'
 _ASSET = re.compile(r'<(?:link[^>]*\bhref|script[^>]*\bsrc)="(/ui/static/[^"]+)"')
 
@@ -199,13 +200,16 @@ async def run(work: Path, batches: int, rounds: int) -> Section:
                 started = time.perf_counter()
                 showcase, running = await _populate(api, upstream, work, batches)
                 populate_s = time.perf_counter() - started
+                idle = CpuMeter({"overnight": [server.pid]}, main_thread_of=("overnight",)).start()
+                await asyncio.sleep(IDLE_S)
+                idle.stop()
                 cookie = await _sign_in(http, server.root)
                 targets = _targets(showcase, running[-1])
                 meter = CpuMeter({"overnight": [server.pid]}, main_thread_of=("overnight",)).start()
                 timings = await _measure(http, server.root, cookie, targets, rounds)
                 meter.stop()
                 weight = await _page_weight(http, server.root, cookie)
-    return _section(batches, rounds, targets, timings, weight, populate_s, meter.cores())
+    return _section(batches, rounds, targets, timings, weight, populate_s, meter.cores(), idle.cores())
 
 
 def _section(
@@ -216,6 +220,7 @@ def _section(
     weight: dict[str, int],
     populate_s: float,
     used: dict[str, float],
+    idle: dict[str, float],
 ) -> Section:
     section = Section(
         "dashboard",
@@ -258,6 +263,10 @@ def _section(
         "(the same client cost is in the baseline)"
     )
     section.notes.append(f"cores used while measuring: {cores(used)}")
+    section.notes.append(
+        f"cores used in {IDLE_S:g} s without any request, before measuring (the engine's upkeep of the "
+        f"{batches - 1:,} running batches; it weighs on the pages and the baseline alike): {cores(idle)}"
+    )
     section.data = {
         "batches": batches,
         "rounds": rounds,
@@ -266,5 +275,6 @@ def _section(
         "page_weight": weight | {"total": total, "total_gzip": zipped},
         "populate_s": populate_s,
         "cores": used,
+        "cores_idle": idle,
     }
     return section
