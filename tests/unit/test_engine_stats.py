@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overnight.backends.base import Attempt
+from overnight.backends.base import Attempt, StreamAnswer
 from overnight.domain.clock import ManualClock
 from overnight.domain.models import Batch, BatchStatus, RequestCounts
 from overnight.domain.progress import Sample
@@ -35,6 +35,9 @@ class IdleBackend:
 
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         return Attempt(200, b"{}", "req")
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        return await self.attempt(endpoint, body)  # answers whole
 
 
 @pytest.fixture
@@ -82,10 +85,28 @@ async def test_an_old_batch_is_sampled_less_often(store: SqliteStore) -> None:
     clock = ManualClock(START + 20_000)  # age 20,000 s: a sample every 400 s
     await store.add_batch(a_batch())
     sampler = ProgressSampler(store, clock)
-    for _ in range(100):
-        await sampler.sample(a_batch())
+    for step in range(100):
+        await sampler.sample(a_batch(step))
         clock.advance(10)
     assert len(await store.progress_samples("batch_sampled")) == 3
+
+
+async def test_counts_standing_still_write_nothing_until_they_move(store: SqliteStore) -> None:
+    clock = ManualClock(START)
+    await store.add_batch(a_batch())
+    sampler = ProgressSampler(store, clock)
+    await sampler.sample(a_batch(10))
+    for _ in range(6):  # a minute waiting for the upstream: nothing is written
+        clock.advance(10)
+        await sampler.sample(a_batch(10))
+    assert await store.progress_samples("batch_sampled") == [Sample(START, 10, 0)]
+    clock.advance(10)
+    await sampler.sample(a_batch(30))  # moving again: the last still moment first, then now
+    assert await store.progress_samples("batch_sampled") == [
+        Sample(START, 10, 0),
+        Sample(START + 60, 10, 0),
+        Sample(START + 70, 30, 0),
+    ]
 
 
 async def test_backends_are_reported_every_couple_of_seconds(store: SqliteStore) -> None:

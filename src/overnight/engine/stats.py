@@ -19,30 +19,48 @@ REPORT_EVERY_S = 2.0
 
 class ProgressSampler:
     """Samples the counts of the batches this worker leads: one when a batch starts, then one every
-    `sample_interval(age)` while it runs, and one at the end (`force`)."""
+    `sample_interval(age)` while it runs, and one at the end (`force`).
+
+    While the counts stand still nothing is written (thousands of waiting batches would otherwise
+    write a row each every few seconds); when they move again, the last still moment is written
+    first, so the chart shows the flat stretch instead of a slope across it.
+    """
 
     def __init__(self, store: MetadataStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self._last: dict[str, int] = {}  # batch id -> when it was last sampled
+        self._last: dict[str, Sample] = {}  # batch id -> the last sample written
+        self._still: dict[str, Sample] = {}  # batch id -> the last sample not written: counts unchanged
 
     async def sample(self, batch: Batch, *, force: bool = False) -> None:
         """Record the batch's counts now if a sample is due (or `force`)."""
         now = int(self._clock.now())
         last = self._last.get(batch.id)
         age = now - (batch.in_progress_at or batch.created_at)
-        if not force and last is not None and now - last < sample_interval(age):
+        if not force and last is not None and now - last.at < sample_interval(age):
             return
         counts = batch.request_counts
+        sample = Sample(now, counts.completed, counts.failed)
+        if (
+            not force
+            and last is not None
+            and (last.completed, last.failed) == (sample.completed, sample.failed)
+        ):
+            self._still[batch.id] = sample
+            return
+        still = self._still.pop(batch.id, None)
         try:
-            await self._store.record_progress(batch.id, Sample(now, counts.completed, counts.failed))
+            if still is not None:
+                await self._store.record_progress(batch.id, still)
+            await self._store.record_progress(batch.id, sample)
         except (ConnectionError, OSError) as exc:
             log.debug("no progress sample of batch %s: %s", batch.id, exc)
             return
-        self._last[batch.id] = now
+        self._last[batch.id] = sample
 
     def forget(self, batch_id: str) -> None:
         self._last.pop(batch_id, None)
+        self._still.pop(batch_id, None)
 
 
 class BackendReporter:

@@ -27,7 +27,7 @@ from overnight.engine.feed import RateLimits
 from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.observe import render_metrics
-from overnight.engine.outputs import compose_result_files, publish_result_files
+from overnight.engine.outputs import write_result_files
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.shard_run import run_shard
@@ -42,6 +42,7 @@ S = BatchStatus
 ACTIVE = tuple(status for status in S if status not in TERMINAL)
 _YIELD_EVERY = 2000
 RUNS_END_S = 10.0  # at most this long, before marking a stopped batch's lines, for its runs here to end
+WATCH_MAX_S = 5.0  # the longest a leader waits between looks at its batch's shards (see watch_interval)
 CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
 
 
@@ -105,6 +106,9 @@ class Engine:
         self._drivers: dict[str, asyncio.Task[None]] = {}  # batches this worker leads
         self._stops: dict[str, asyncio.Event] = {}
         self._watching: dict[str, asyncio.Event] = {}  # a led batch in progress: look at its shards
+        self._ticks = 0  # polls so far
+        self._watch_due: dict[str, int] = {}  # a led batch in progress -> the poll that looks at its shards
+        self._claims: dict[str, tuple[int, bool]] = {}  # batch id -> (when its lease was asked for, got it)
         self._slots: set[asyncio.Task[None]] = set()  # each runs one shard after another
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}  # the shard each slot runs now
         self._run_stops: dict[tuple[str, int], asyncio.Event] = {}
@@ -200,7 +204,11 @@ class Engine:
         """Lead each active batch this worker can lease and renew those leases; signal cancels and
         expiries; renew the shards it runs and claim more while it has room."""
         now = self._now()
+        self._ticks += 1
         active = await self._store.batches_in(ACTIVE)
+        live = {batch.id for batch in active}
+        for gone in [batch_id for batch_id in self._claims if batch_id not in live]:
+            del self._claims[gone]
         for batch in active:
             await self._lead(batch, now)
             if batch.status is S.CANCELLING or self._expired(batch, now):
@@ -224,19 +232,29 @@ class Engine:
             task.add_done_callback(self._slot_done)
 
     async def _lead(self, batch: Batch, now: int) -> None:
-        leased = await self._store.claim_batch(batch.id, self.worker_id, now, self._lease_s)
+        """Lead the batch if its lease can be had, renewing it a third of the way through; a claim
+        refused (another worker leads it) is tried again only a third of a lease later. So a poll
+        costs a write per batch only every `lease_s / 3`, not every poll (thousands of small batches
+        once kept a core busy)."""
         driver = self._drivers.get(batch.id)
+        last = self._claims.get(batch.id)
+        if last is None or now - last[0] >= self._lease_s / 3:
+            leased = await self._store.claim_batch(batch.id, self.worker_id, now, self._lease_s)
+            self._claims[batch.id] = (now, leased)
+        else:
+            leased = last[1]
         if driver is None:
             if leased:
                 self._start_driver(batch.id)
         elif not leased:
             log.warning("lease lost id=%s worker=%s; another worker leads it now", batch.id, self.worker_id)
             driver.cancel()
-        else:
-            if batch.status is S.CANCELLING or self._expired(batch, now):
-                self._stops[batch.id].set()
+        elif batch.status is S.CANCELLING or self._expired(batch, now):
+            self._stops[batch.id].set()
             if batch.id in self._watching:
-                self._watching[batch.id].set()
+                self._watching[batch.id].set()  # its leader stops watching at once
+        elif batch.id in self._watching and self._ticks >= self._watch_due.get(batch.id, 0):
+            self._watching[batch.id].set()  # time its leader looked at its shards again
 
     async def _renew_runs(self, now: int) -> None:
         for key in list(self._runs):
@@ -271,6 +289,8 @@ class Engine:
         self._drivers.pop(batch_id, None)
         self._stops.pop(batch_id, None)
         self._watching.pop(batch_id, None)
+        self._watch_due.pop(batch_id, None)
+        self._claims.pop(batch_id, None)  # its lease was given up: ask again before leading it again
         self._sampler.forget(batch_id)
         if not any(key[0] == batch_id for key in self._runs):
             self._last_failures.pop(batch_id, None)
@@ -370,7 +390,12 @@ class Engine:
             if current is None or current.status is not S.IN_PROGRESS:
                 return
             await self._sampler.sample(current)
-            await wait_event(watching, self._poll_interval)
+            # A shard finished here wakes it at once; a poll wakes it once the watch interval's worth of
+            # polls have passed, to see shards finished on other workers.
+            age = self._now() - (current.in_progress_at or current.created_at)
+            polls = max(1, round(watch_interval(age, self._poll_interval) / self._poll_interval))
+            self._watch_due[batch.id] = self._ticks + polls
+            await watching.wait()
         self._watching.pop(batch.id, None)
 
     async def _slot(self, first: Shard) -> None:
@@ -444,11 +469,7 @@ class Engine:
     # -- endings -------------------------------------------------------------------------------
     async def _complete(self, batch: Batch) -> None:
         shards = await self._store.shards_of(batch.id)
-        now = self._now()
-        if shards and all(shard.done for shard in shards):
-            output_id, error_id = await compose_result_files(self._store, self._blobs, batch, now, shards)
-        else:
-            output_id, error_id = await publish_result_files(self._store, self._blobs, batch, now)
+        output_id, error_id = await write_result_files(self._store, self._blobs, batch, self._now(), shards)
         await self._finish(batch, S.COMPLETED, output_id, error_id)
 
     async def _end(self, batch: Batch, target: BatchStatus) -> None:
@@ -464,7 +485,7 @@ class Engine:
             code = BATCH_CANCELLED if target is S.CANCELLED else BATCH_EXPIRED
             await self._mark_not_run(batch, code)
             self._probe.reached("ending.marked")
-        output_id, error_id = await publish_result_files(self._store, self._blobs, batch, self._now())
+        output_id, error_id = await write_result_files(self._store, self._blobs, batch, self._now(), None)
         await self._finish(batch, target, output_id, error_id)
 
     async def _finish(
@@ -491,6 +512,13 @@ class Engine:
                 rows = []
         if rows:
             await self._store.record_results(batch.id, rows)
+
+
+def watch_interval(age_s: float, poll_interval_s: float) -> float:
+    """How often a leader looks at the shards of a batch in progress for `age_s`: every poll at first,
+    then less often (up to WATCH_MAX_S) as the batch gets older, so thousands of long batches cost
+    little while a short one still finishes promptly."""
+    return max(poll_interval_s, min(WATCH_MAX_S, age_s / 10))
 
 
 def _what_changed(batch: Batch) -> str:
