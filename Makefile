@@ -1,6 +1,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Real client libraries the acceptance tests drive (tests/support/client_libraries.txt): they need openai < 3,
+# the project's tests the newest SDK, so they get an environment of their own.
+CLIENTS := .venv-clients
 HOST ?= 127.0.0.1
 PORT ?= 8000
 comma := ,
@@ -46,7 +49,12 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-test: lint typecheck
+$(CLIENTS)/.ready: tests/support/client_libraries.txt
+	$(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/pip install --quiet -r tests/support/client_libraries.txt
+	@touch $@
+
+test: lint typecheck $(CLIENTS)/.ready
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.dev
@@ -56,4 +64,4 @@ soak: $(VENV)/.dev
 	$(BIN)/python -m bench --only soak $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ from . import (
     scaleout,
     soak,
     stall,
+    sync,
     webhooks,
     workers,
 )
@@ -44,6 +45,7 @@ SCENARIOS = (
     "pgdriver_dispatch",
     "webhooks",
     "dashboard",
+    "sync",
 )
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
@@ -101,6 +103,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "pgdriver_dispatch": lambda: pgdriver_dispatch.run(work, scaleout_n, c),
         "webhooks": lambda: webhooks.run(work, 200 if quick else 2_000),
         "dashboard": lambda: dashboard.run(work, 200 if quick else 2_000, 50 if quick else 200),
+        "sync": lambda: sync.run(work, 100 if quick else 400, 800 if quick else 4_000),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

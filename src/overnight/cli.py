@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from overnight import __version__
+from overnight.client.commands import add_client_commands, run_client_command
 from overnight.config import ConfigError, Secrets, Settings, load_secrets, load_settings
 from overnight.domain.limits import parse_window
 from overnight.store.schema import SchemaTooNew
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_RUN_TIMEOUT}); they go to the errors file as batch_expired and the exit status is 1",
     )
     _common_flags(run)
+    add_client_commands(commands)  # submit, batches: a client of any Batch API (src/overnight/client)
     return parser
 
 
@@ -119,6 +121,8 @@ def _timeout(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("submit", "batches"):  # clients: no server settings
+        return run_client_command(args)
     try:
         settings = _settings(args)
         secrets = load_secrets(settings)

@@ -34,6 +34,7 @@ class BackendConfig:
     max_concurrency: int = 64
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    forward_service_tier: bool = False  # synchronous requests keep their `service_tier` (docs/sync.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,13 @@ class Settings:
             "only `24h`."
         ),
     )
+    background_completion_window: str = field(
+        default="24h",
+        metadata=_help(
+            "How long a background response (`POST /v1/responses` with `background: true`) may wait and "
+            "run before it fails; like a batch's completion window (docs/background.md)."
+        ),
+    )
     request_timeout_s: float = field(
         default=600.0, metadata=_help("Seconds one upstream attempt may take before it is abandoned.")
     )
@@ -123,6 +131,15 @@ class Settings:
     )
     result_flush_interval_s: float = field(
         default=0.05, metadata=_help("How often finished results are committed together (group commit).")
+    )
+    early_result_file_ids: bool = field(
+        default=False,
+        metadata=_help(
+            "Show a batch's `output_file_id` and `error_file_id` from its creation, as Doubleword does, so "
+            "clients built for Doubleword (`dw stream`, autobatcher) read its lines while it runs "
+            "(docs/partial-results.md). Off: the Batch object is exactly OpenAI's (a stock client takes an "
+            "output file id as finished). `true` or `false`."
+        ),
     )
     worker_poll_interval_s: float = field(
         default=1.0, metadata=_help("How often the worker looks for work it was not woken for.")
@@ -166,7 +183,8 @@ class Settings:
         default=(),
         metadata=_help(
             "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
-            "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`). Config file only."
+            "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`, "
+            "`forward_service_tier`). Config file only."
         ),
     )
     local_models: bool = field(
@@ -235,6 +253,25 @@ class Settings:
         metadata=_help(
             "The enqueued-token budget of every project that `token_budgets` does not name. Unset: those "
             "projects have no budget."
+        ),
+    )
+    flex_timeout_s: float = field(
+        default=300.0,
+        metadata=_help(
+            'How long a synchronous request with `service_tier: "flex"` may wait for a slot on its backend '
+            "(it queues with the batch work, this long being its deadline) before it is answered 429 "
+            "`resource_unavailable` (docs/sync.md)."
+        ),
+    )
+    sync_max_body_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata=_help("The largest body a synchronous request may have (larger ones get a 413)."),
+    )
+    sync_usage_flush_interval_s: float = field(
+        default=1.0,
+        metadata=_help(
+            "How often the usage of synchronous requests, added up in memory, is written to the store (a "
+            "kill -9 loses at most this long's worth)."
         ),
     )
 
@@ -310,6 +347,11 @@ def _windows(name: str, value: Any) -> tuple[str, ...]:
     return windows
 
 
+def _window(name: str, value: Any) -> str:
+    (window,) = _windows(name, [plain.text(name, value)])
+    return window
+
+
 def _api_keys(name: str, value: Any) -> tuple[ApiKey, ...]:
     if isinstance(value, str):
         pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
@@ -366,6 +408,9 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
             tokens_per_minute=plain.optional_positive_int(
                 f"{where}.tokens_per_minute", entry.get("tokens_per_minute")
             ),
+            forward_service_tier=plain.boolean(
+                f"{where}.forward_service_tier", entry.get("forward_service_tier", False)
+            ),
         )
         if any(b.name == backend.name for b in backends):
             raise ConfigError(f"setting '{where}.name': backend name {backend.name!r} is used twice")
@@ -387,11 +432,13 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "upstream_max_concurrency": plain.positive_int,
     "api_keys": _api_keys,
     "completion_windows": _windows,
+    "background_completion_window": _window,
     "request_timeout_s": plain.positive_float,
     "max_attempts": plain.positive_int,
     "retry_base_delay_s": plain.positive_float,
     "retry_max_delay_s": plain.positive_float,
     "result_flush_interval_s": plain.positive_float,
+    "early_result_file_ids": plain.boolean,
     "worker_poll_interval_s": plain.positive_float,
     "file_sweep_interval_s": plain.positive_float,
     "lease_s": plain.positive_int,
@@ -410,6 +457,9 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "prices": parse_prices,
     "token_budgets": parse_token_budgets,
     "default_token_budget": parse_optional_budget,
+    "flex_timeout_s": plain.positive_float,
+    "sync_max_body_bytes": plain.positive_int,
+    "sync_usage_flush_interval_s": plain.positive_float,
 }
 FILE_ONLY = frozenset({"backends", "model_aliases", "prices", "token_budgets", "webhooks"})
 S3_STANDARD_VARIABLES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_REGION"}

@@ -51,6 +51,8 @@ async def _sweep_files(runtime: Runtime) -> None:
             abandoned = await runtime.files.sweep_abandoned_uploads(stale)
             if abandoned:
                 log.info("deleted the content of %d upload(s) that never got a record", abandoned)
+            if runtime.idempotency is not None:
+                await runtime.idempotency.sweep()  # keys first used over a day ago
         except Exception:
             log.exception("file sweep failed")
         await asyncio.sleep(runtime.settings.file_sweep_interval_s)
@@ -142,6 +144,8 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
                 await asyncio.wait(tasks, timeout=settings.shutdown_grace_s + CLEANUP_S)
             if runner is not None:
                 await runner.cleanup()
+            if not roles.worker:  # the schedulers of the synchronous requests give their slots back
+                await runtime.engine.shutdown()
             await runtime.close()
 
 
@@ -156,6 +160,11 @@ async def _start_http(runtime: Runtime, roles: Roles, sock: socket.socket) -> we
             runtime.models,
             costs_service=runtime.costs,
             progress_service=runtime.progress,
+            background_service=runtime.background,
+            partial=runtime.partial,
+            retries=runtime.retries,
+            sync_service=runtime.sync,
+            sync_body_limit=runtime.settings.sync_max_body_bytes,
             dashboard_services=Dashboard(runtime.batches, runtime.files, runtime.progress, runtime.costs),
         )
     else:

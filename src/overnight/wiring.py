@@ -30,11 +30,17 @@ from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.worker import Engine, EngineSettings, new_worker_id
 from overnight.http.auth import Authenticator
 from overnight.probes import Probe, probe_for
+from overnight.services.background import BackgroundResponses
 from overnight.services.batches import BatchesService
 from overnight.services.costs import CostsService
 from overnight.services.files import FilesService
+from overnight.services.idempotency import IdempotentCreates
 from overnight.services.models import ModelsService
+from overnight.services.partial import PartialResults
 from overnight.services.progress import ProgressService
+from overnight.services.retries import RetryService
+from overnight.services.sync import SyncService, SyncSettings
+from overnight.services.sync_usage import SyncUsageRecorder
 from overnight.store.base import MetadataStore
 from overnight.store.sqlite import SqliteStore
 from overnight.store.sqlite import migrate as sqlite_migrate
@@ -231,6 +237,26 @@ def log_startup(runtime: Runtime) -> None:
         log.info("webhook endpoint %s gets %s of %s", webhook.name, ", ".join(webhook.events), of)
 
 
+def build_sync(
+    settings: Settings, store: MetadataStore, engine: Engine, router: Router, clock: Clock
+) -> SyncService:
+    """The synchronous endpoints' service, on the engine's schedulers: in a process without the worker
+    (`serve --no-worker`) they are made for the synchronous requests alone and hold their share of each
+    backend's global slots only while such requests are waiting or running (docs/sync.md)."""
+    forwarded = frozenset(config.name for config in settings.all_backends() if config.forward_service_tier)
+    service = SyncService(
+        router.backend_for,
+        engine.scheduler,
+        clock,
+        SyncUsageRecorder(store, clock, interval_s=settings.sync_usage_flush_interval_s),
+        SyncSettings(
+            flex_timeout_s=settings.flex_timeout_s, tier_forwarded=forwarded, retry=retry_policy(settings)
+        ),
+    )
+    engine.metrics.gauges.append(service.metrics.render)
+    return service
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -245,6 +271,11 @@ class Runtime:
     costs: CostsService
     progress: ProgressService
     webhooks: WebhookDispatcher | None = None  # run where the engine runs
+    background: BackgroundResponses | None = None  # POST /v1/responses with background: true
+    partial: PartialResults | None = None  # file content by lines, result files while a batch runs
+    retries: RetryService | None = None  # POST /v1/batches/{id}/retry
+    idempotency: IdempotentCreates | None = None  # its keys are swept where the engine runs
+    sync: SyncService | None = None  # the synchronous endpoints (docs/sync.md)
 
     async def close(self) -> None:
         await self.router.close()
@@ -356,7 +387,7 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
     if webhooks is not None:
         engine.metrics.gauges.append(webhooks.metrics.render)
     await router.start()
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         store=store,
         blobs=blobs,
@@ -379,3 +410,31 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
         progress=ProgressService(store, clock),
         webhooks=webhooks,
     )
+    runtime.sync = build_sync(settings, store, engine, router, clock)
+    runtime.background = BackgroundResponses(
+        store,
+        blobs,
+        runtime.batches,
+        ids,
+        clock,
+        router.serves,
+        engine.wake,
+        window=settings.background_completion_window,
+        keeps_service_tier=service_tier_keeper(settings, router),
+    )
+    runtime.idempotency = IdempotentCreates(store, clock)
+    early = settings.early_result_file_ids
+    runtime.partial = PartialResults(store, runtime.files, early_result_file_ids=early)
+    runtime.retries = RetryService(store, blobs, ids, clock, runtime.batches, runtime.idempotency)
+    return runtime
+
+
+def service_tier_keeper(settings: Settings, router: Router) -> Callable[[str], bool]:
+    """Whether a model's backend gets `service_tier` as sent (`forward_service_tier`, docs/sync.md)."""
+    forwarded = frozenset(config.name for config in settings.all_backends() if config.forward_service_tier)
+
+    def keeps(model: str) -> bool:
+        backend = router.backend_for(model)
+        return backend is not None and backend.name in forwarded
+
+    return keeps

@@ -57,6 +57,7 @@ def test_progress_moves_and_the_eta_is_unknown_at_first(server: OvernightServer,
         "eta_seconds",
         "window_left_seconds",
         "samples",
+        "partial_results",
     }
     assert (first["object"], first["id"], first["request_counts"]["total"]) == (
         "batch.progress",

@@ -98,7 +98,7 @@ async def versions_of(dsn: str) -> list[int]:
 
 
 async def test_migrate_applies_every_version_once(empty_dsn: str) -> None:
-    assert VERSIONS == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert VERSIONS == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert await migrate(empty_dsn) == VERSIONS
     assert await migrate(empty_dsn) == []
     assert await versions_of(empty_dsn) == VERSIONS
@@ -120,6 +120,8 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
     stepwise, fresh = await schema_of(empty_dsn), await schema_of(dsn)
     assert stepwise == fresh
     assert {row[0] for row in fresh["columns"]} == {
+        "background_files",
+        "background_responses",
         "backend_reports",
         "backend_slots",
         "backend_workers",
@@ -127,9 +129,11 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
         "batch_samples",
         "batches",
         "files",
+        "idempotency_keys",
         "results",
         "schema_migrations",
         "shards",
+        "sync_usage",
         "uploads",
         "webhook_deliveries",
         "webhook_events",

@@ -120,7 +120,7 @@ def response(body: dict[str, Any], n: int, now: int) -> dict[str, Any]:
         "tools": [],
         "usage": {
             "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": REPLY_TOKENS,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt + REPLY_TOKENS,
@@ -180,4 +180,84 @@ BUILDERS: dict[str, Builder] = {
     "/v1/embeddings": embeddings,
     "/v1/responses": response,
     "/v1/moderations": moderations,
+}
+
+
+# -- streamed answers (`"stream": true`) -------------------------------------------------------------
+
+
+def _sse(payload: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + _encode(payload) + b"\n\n"
+
+
+def _pieces() -> list[str]:
+    words = REPLY.split(" ")
+    return [word + (" " if index < len(words) - 1 else "") for index, word in enumerate(words)]
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def chat_stream(body: dict[str, Any], n: int, now: int) -> list[bytes]:
+    whole = chat(body, n, now)
+    head = {"id": whole["id"], "object": "chat.completion.chunk", "created": now, "model": body["model"]}
+    head["system_fingerprint"] = "fp_fake"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in _pieces()]
+    events.append(chunk({}, "stop"))
+    if _wants_usage(body):
+        events.append(_sse({**head, "choices": [], "usage": whole["usage"]}))
+    return [*events, b"data: [DONE]\n\n"]
+
+
+def completion_stream(body: dict[str, Any], n: int, now: int) -> list[bytes]:
+    whole = completion(body, n, now)
+    head = {"id": whole["id"], "object": "text_completion", "created": now, "model": body["model"]}
+
+    def chunk(text: str, finish: str | None = None) -> bytes:
+        return _sse(
+            {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+        )
+
+    events = [chunk(piece) for piece in _pieces()] + [chunk("", "stop")]
+    if _wants_usage(body):
+        events.append(_sse({**head, "choices": [], "usage": whole["usage"]}))
+    return [*events, b"data: [DONE]\n\n"]
+
+
+def response_stream(body: dict[str, Any], n: int, now: int) -> list[bytes]:
+    whole = response(body, n, now)
+    started = {**whole, "status": "in_progress", "output": [], "usage": None}
+    item_id = whole["output"][0]["id"]
+    events = [
+        _sse({"type": "response.created", "sequence_number": 0, "response": started}, "response.created")
+    ]
+    for number, piece in enumerate(_pieces(), start=1):
+        delta = {
+            "type": "response.output_text.delta",
+            "sequence_number": number,
+            "item_id": item_id,
+            "output_index": 0,
+            "content_index": 0,
+            "delta": piece,
+            "logprobs": [],
+        }
+        events.append(_sse(delta, "response.output_text.delta"))
+    done = {"type": "response.completed", "sequence_number": len(events), "response": whole}
+    return [*events, _sse(done, "response.completed")]
+
+
+StreamBuilder = Callable[[dict[str, Any], int, int], list[bytes]]
+STREAM_BUILDERS: dict[str, StreamBuilder] = {
+    "/v1/chat/completions": chat_stream,
+    "/v1/completions": completion_stream,
+    "/v1/responses": response_stream,
 }

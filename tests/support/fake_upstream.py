@@ -13,6 +13,15 @@ and per request under the body's ``"fake"`` key, which wins field by field. The 
 (`hang`, `reset`, `text_body`, `status`) apply to every request, or, when `fail_times` is set, only
 to the first `fail_times` requests of each request key (``fake.key``, else a hash of the raw body);
 `fail_times` without a mode fails with 500. `delay_ms` always applies.
+
+Holding: a request with `hold` waits before answering until released (``POST /_control`` with
+``{"release": N}``, the N oldest held; -1 for all); `stream_hold` holds a streamed answer after its first
+chunk the same way. `stats()["held"]` says how many wait now. `stream_reset` cuts a stream off after its
+first chunk.
+
+Streaming: a chat, completion or responses request with ``"stream": true`` is answered with server-sent
+events as OpenAI writes them (word by word; the usage chunk when ``stream_options.include_usage``),
+`chunk_delay_ms` apart.
 """
 
 from __future__ import annotations
@@ -32,9 +41,15 @@ import msgspec
 from aiohttp import web
 
 try:
-    from .fake_bodies import BUILDERS, MODELS, Builder, error_body
+    from .fake_bodies import BUILDERS, MODELS, STREAM_BUILDERS, Builder, error_body
 except ImportError:  # run as a script: python tests/support/fake_upstream.py
-    from fake_bodies import BUILDERS, MODELS, Builder, error_body  # type: ignore[import-not-found, no-redef]
+    from fake_bodies import (  # type: ignore[import-not-found, no-redef]
+        BUILDERS,
+        MODELS,
+        STREAM_BUILDERS,
+        Builder,
+        error_body,
+    )
 
 _encode = msgspec.json.encode
 
@@ -52,6 +67,10 @@ class Directive(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     should_retry: str | None = None  # sent as x-should-retry
     text_body: str | None = None
     key: str | None = None
+    hold: bool | None = None  # wait until released (POST /_control {"release": N})
+    stream_hold: bool | None = None  # a stream waits after its first chunk until released
+    chunk_delay_ms: float | None = None  # between the chunks of a stream
+    stream_reset: bool | None = None  # a stream is cut off (TCP reset) after its first chunk
 
 
 def _pick(local: Directive | None, glob: Directive, name: str) -> Any:
@@ -81,6 +100,7 @@ class FakeUpstream:
         self.track_keys = track_keys
         self._runner: web.AppRunner | None = None
         self._released = asyncio.Event()
+        self._held: list[asyncio.Future[None]] = []
         self.in_flight = 0
         self.clear_stats()
 
@@ -113,6 +133,7 @@ class FakeUpstream:
 
     async def close(self) -> None:
         self._released.set()  # lets hanging handlers finish
+        self.release(-1)
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -139,11 +160,30 @@ class FakeUpstream:
     def key_count(self, key: str) -> int:
         return self.by_key.get(key, 0)
 
+    @property
+    def held(self) -> int:
+        return sum(1 for waiter in self._held if not waiter.done())
+
+    def release(self, count: int) -> int:
+        """Let the `count` oldest held requests go (-1: all); how many went."""
+        waiting = [waiter for waiter in self._held if not waiter.done()]
+        chosen = waiting if count < 0 else waiting[:count]
+        for waiter in chosen:
+            waiter.set_result(None)
+        self._held = [waiter for waiter in self._held if not waiter.done()]
+        return len(chosen)
+
+    async def _hold(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held.append(waiter)
+        await waiter
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "held": self.held,
             "by_endpoint": dict(self.by_endpoint),
             "by_status": dict(self.by_status),
             "by_key": dict(self.by_key),
@@ -211,7 +251,7 @@ class FakeUpstream:
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000.0)
         if local is None and glob == _NO_KNOBS:  # the fast path
-            return self._success(body, build, request_id, headers)
+            return await self._succeed(request, body, build, request_id, headers)
         return await self._directed(request, body, build, key, local, headers)
 
     async def _directed(
@@ -225,6 +265,8 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         glob = self.knobs
         request_id = headers["x-request-id"]
+        if _pick(local, glob, "hold"):
+            await self._hold()
         status: int | None = _pick(local, glob, "status")
         hang, reset = _pick(local, glob, "hang"), _pick(local, glob, "reset")
         text_body: str | None = _pick(local, glob, "text_body")
@@ -233,7 +275,7 @@ class FakeUpstream:
             assert key is not None
             failed = self._failures.get(key, 0)
             if failed >= fail_times:
-                return self._success(body, build, request_id, headers)
+                return await self._succeed(request, body, build, request_id, headers, local)
             self._failures[key] = failed + 1
             if not (hang or reset or text_body is not None or status is not None):
                 status = 500
@@ -253,7 +295,39 @@ class FakeUpstream:
         if status is not None and status >= 400:
             message = f"The fake upstream was told to answer {status}."
             return self._json(status, error_body(status, message, f"fake_{status}"), request_id, headers)
-        return self._success(body, build, request_id, headers, status or 200)
+        return await self._succeed(request, body, build, request_id, headers, local, status or 200)
+
+    async def _succeed(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        build: Builder,
+        request_id: str,
+        headers: dict[str, str],
+        local: Directive | None = None,
+        status: int = 200,
+    ) -> web.StreamResponse:
+        """The success answer: whole, or as a stream of events when the request asks for one."""
+        stream = STREAM_BUILDERS.get(request.path)
+        if body.get("stream") is not True or stream is None or not isinstance(body.get("model"), str):
+            return self._success(body, build, request_id, headers, status)
+        self._count_status(status)
+        events = stream(body, self._served, int(time.time()))
+        response = web.StreamResponse(status=status, headers={**headers, "Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        delay_ms = _pick(local, self.knobs, "chunk_delay_ms")
+        for number, event in enumerate(events):
+            await response.write(event)
+            if number == 0 and _pick(local, self.knobs, "stream_reset"):
+                self._count_status("reset")
+                _abort(request)
+                return response
+            if number == 0 and _pick(local, self.knobs, "stream_hold"):
+                await self._hold()
+            elif delay_ms:
+                await asyncio.sleep(delay_ms / 1000.0)
+        await response.write_eof()
+        return response
 
     def _success(
         self,
@@ -307,6 +381,9 @@ class FakeUpstream:
                 raise msgspec.ValidationError("expected a JSON object")
             if changes.pop("clear_stats", False):
                 self.clear_stats()
+            release = changes.pop("release", None)
+            if release is not None:
+                self.release(int(release))
             if "max_concurrency_before_429" in changes:
                 self.max_concurrency_before_429 = changes.pop("max_concurrency_before_429")
             merged = {**msgspec.to_builtins(self.knobs), **changes}

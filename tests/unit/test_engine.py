@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from overnight.backends.base import Attempt
+from overnight.backends.base import Attempt, StreamAnswer
 from overnight.backends.router import Router
 from overnight.blobs.local import LocalBlobStore
 from overnight.domain.clock import ManualClock
@@ -115,6 +115,9 @@ class GatedBackend:
 
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         return Attempt(*await self._answer(body))
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        return await self.attempt(endpoint, body)  # answers whole
 
 
 class NotifyingStore(SqliteStore):

@@ -6,7 +6,7 @@ import fnmatch
 
 import pytest
 
-from overnight.backends.base import Attempt, Backend
+from overnight.backends.base import Attempt, Backend, StreamAnswer
 from overnight.backends.http import HttpBackend
 from overnight.backends.router import Router
 from overnight.config import BackendConfig
@@ -38,6 +38,9 @@ class StubBackend:
 
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         return Attempt(200, b"{}", "req_stub")
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        return await self.attempt(endpoint, body)  # answers whole
 
 
 def test_first_matching_backend_wins() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from overnight.backends.base import Attempt
+from overnight.backends.base import Attempt, StreamAnswer
 from overnight.domain.clock import ManualClock, SystemClock
 from overnight.domain.models import ResultKind, ResultRow
 from overnight.engine.control import BreakerState, CircuitBreaker
@@ -93,6 +93,9 @@ class ScriptedBackend:
             return Attempt(status, body_out, "r")
         finally:
             self.in_flight -= 1
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        return await self.attempt(endpoint, body)  # answers whole
 
 
 def make_feed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,22 @@ class Attempt:
     usage: Usage | None = None  # what the body reports, when the backend already read it
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamAnswer:
+    """A 2xx answer whose body is a stream of server-sent events, read as it arrives.
+
+    `chunks` yields the body's bytes as they come (any split; an event may span chunks) and ends with
+    the stream; it raises `ConnectionError` or `TimeoutError` when the stream is cut off. `close`
+    stops reading and frees the connection; the caller always calls it, also after the last chunk.
+    """
+
+    status: int
+    request_id: str
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
 class Backend(Protocol):
     name: str
     max_concurrency: int
@@ -46,4 +63,11 @@ class Backend(Protocol):
     async def attempt(self, endpoint: str, body: bytes) -> Attempt:
         """POST `body` (raw JSON) to `endpoint` (e.g. `/v1/chat/completions`) once, with no retries
         and no concurrency bound of its own: the scheduler owns both."""
+        ...
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        """POST `body` once asking for a streamed answer (the body says `"stream": true`): a
+        `StreamAnswer` when the answer is a 2xx event stream, otherwise the whole answer as an `Attempt`
+        exactly as `attempt` gives it (an error, no answer, or a backend that cannot stream refusing
+        with a 400). No retries and no concurrency bound of its own, as for `attempt`."""
         ...

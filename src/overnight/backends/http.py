@@ -14,7 +14,8 @@ Retries and concurrency are the scheduler's (engine/scheduler.py); this backend 
 upstream said about them: `retry-after-ms` / `retry-after` and `x-should-retry`.
 
 Transport: requests go through `overnight.backends.wire.Http1Client`, a lean HTTP/1.1 keep-alive pool
-(at most `max_concurrency` connections); aiohttp serves only `list_models`.
+(at most `max_concurrency` connections); aiohttp serves `list_models` and the streamed answers of
+`stream` (backends/http_stream.py says why).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import msgspec
 from yarl import URL
 
 from overnight import __version__
-from overnight.backends.base import Attempt
+from overnight.backends.base import Attempt, StreamAnswer
+from overnight.backends.http_stream import open_stream
 from overnight.backends.wire import Http1Client, NotConnected, Response
 from overnight.config import BackendConfig
 from overnight.domain.clock import Clock, SystemClock
@@ -200,7 +202,25 @@ class HttpBackend:
         outcome = await self._attempt(wire, self._head(wire, endpoint), body)
         if isinstance(outcome, Attempt):
             return outcome
-        status, data, headers = outcome.status, outcome.body, outcome.headers
+        return self._whole(outcome.status, outcome.body, outcome.headers)
+
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        """See `Backend.stream`; the transport is in backends/http_stream.py."""
+        return await open_stream(
+            self._started(),
+            self.url_for(endpoint),
+            body,
+            read_timeout_s=self._timeout_s,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            whole=self._whole,
+            no_answer=self._stream_no_answer,
+        )
+
+    def _stream_no_answer(self, timed_out: bool, detail: str, reached: bool) -> Attempt:
+        return self._no_answer(_TIMEOUT if timed_out else _UNREACHABLE, detail, reached=reached)
+
+    def _whole(self, status: int, data: bytes, headers: Mapping[str, str]) -> Attempt:
+        """The Attempt of a whole answer (its body normalized, see the module docstring)."""
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
         request_id = headers.get("x-request-id") or _new_request_id()
         status, data, usage = normalize_answer(status, data)

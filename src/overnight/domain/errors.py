@@ -7,11 +7,19 @@ class ApiError(Exception):
     status = 400
     type = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers  # sent with the error, e.g. ("retry-after", "2")
 
 
 class InvalidRequest(ApiError):
@@ -24,6 +32,24 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class TooManyRequests(ApiError):
+    """Capacity is short now (a flex request that found no slot in time); later may succeed."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
+class ServiceUnavailable(ApiError):
+    """The backend looks down now; later may succeed."""
+
+    status = 503
+    type = "server_error"
 
 
 class Conflict(ApiError):

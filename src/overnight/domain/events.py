@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from overnight.domain.background import is_background
 from overnight.domain.models import Batch, BatchStatus
 
 S = BatchStatus
@@ -78,9 +79,10 @@ class Subscriptions:
         return self._by_name.get(name)
 
     def event_for(self, batch: Batch, event_id: str, now: int) -> Event | None:
-        """The event `batch` makes, when its status is terminal and some endpoint subscribes to it."""
+        """The event `batch` makes, when its status is terminal and some endpoint subscribes to it (a
+        background response's batch makes none: nobody created a batch)."""
         event_type = EVENT_TYPES.get(batch.status)
-        if event_type is None:
+        if event_type is None or is_background(batch):
             return None
         endpoints = tuple(name for name, sub in self._by_name.items() if sub.wants(event_type, batch.project))
         if not endpoints:

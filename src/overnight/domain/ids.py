@@ -65,3 +65,28 @@ def request_line_id(batch_id: str, line_no: int) -> str:
     """The `id` of an output/error line: stable for a (batch, line) so re-runs write the same id."""
     suffix = batch_id.removeprefix(BATCH_PREFIX)
     return f"{REQUEST_PREFIX}{suffix}{line_no:08x}"
+
+
+_SUFFIX_CHARS = 32  # the hex digits after a prefix (see IdGenerator)
+_HEX = frozenset("0123456789abcdef")
+
+
+def result_file_batch(file_id: str) -> tuple[str, bool] | None:
+    """(the batch, True for its output file or False for its error file) when `file_id` has the shape of
+    a batch's result file id (see `output_file_id`); None for any other id."""
+    suffix = file_id.removeprefix(FILE_PREFIX)
+    if len(file_id) - len(suffix) != len(FILE_PREFIX) or len(suffix) != _SUFFIX_CHARS + 1:
+        return None
+    body, kind = suffix[:-1], suffix[-1]
+    if kind not in "oe" or not _HEX.issuperset(body):
+        return None
+    return BATCH_PREFIX + body, kind == "o"
+
+
+def request_line_no(batch_id: str, request_id: str) -> int | None:
+    """The input line number a `request_line_id` of this batch names; None for any other id."""
+    prefix = REQUEST_PREFIX + batch_id.removeprefix(BATCH_PREFIX)
+    digits = request_id.removeprefix(prefix)
+    if len(request_id) - len(digits) != len(prefix) or not digits or not _HEX.issuperset(digits):
+        return None
+    return int(digits, 16)

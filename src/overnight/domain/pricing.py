@@ -13,6 +13,9 @@ from fnmatch import fnmatchcase
 from overnight.domain.models import Usage
 
 PER_TOKENS = 1_000_000  # prices are USD per million tokens
+# Where usage came from: batches, synchronous requests, and synchronous ones with service_tier "flex"
+BATCH, SYNC, FLEX = "batch", "sync", "flex"
+SOURCES = (BATCH, SYNC, FLEX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,17 @@ class Cost:
             return None
         return self.synchronous_usd - self.batch_usd
 
+    def charged_usd(self, source: str) -> float | None:
+        """What the usage is charged: synchronous requests at synchronous prices; batches and flex
+        requests at batch prices (as OpenAI bills flex processing)."""
+        return self.synchronous_usd if source == SYNC else self.batch_usd
+
+    def saved_by(self, source: str) -> float | None:
+        """What charging `source`'s way saved against synchronous prices (0 for synchronous usage)."""
+        if source == SYNC:
+            return None if self.synchronous_usd is None else 0.0
+        return self.saved_usd
+
 
 class PriceTable:
     """The configured prices, in order: the first whose glob matches a model is that model's price."""
@@ -89,7 +103,8 @@ class PriceTable:
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """Usage and cost of one project's batches of one model, created on one UTC day (`YYYY-MM-DD`)."""
+    """Usage and cost of one project's batches of one model, created on one UTC day (`YYYY-MM-DD`); or,
+    with `source` SYNC or FLEX, of its synchronous requests answered that day (`requests` of them)."""
 
     day: str
     project: str
@@ -97,6 +112,8 @@ class CostRow:
     batches: int
     usage: Usage
     cost: Cost
+    source: str = BATCH
+    requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +129,8 @@ class CostGroup:
     usage: Usage
     cost: Cost
     unpriced: tuple[str | None, ...]
+    source: str = BATCH  # groups never mix sources
+    requests: int = 0
 
 
 def _has_tokens(usage: Usage) -> bool:
@@ -133,13 +152,14 @@ def combined_cost(rows: Sequence[CostRow], model: str | None = None) -> Cost:
 
 
 def group_costs(rows: Iterable[CostRow], *, by_project: bool, by_model: bool) -> list[CostGroup]:
-    """The rows grouped by day, and by project and/or model when asked, in the order they first appear."""
-    groups: dict[tuple[str, str | None, str | None], list[CostRow]] = {}
+    """The rows grouped by day and source, and by project and/or model when asked, in the order they
+    first appear."""
+    groups: dict[tuple[str, str | None, str | None, str], list[CostRow]] = {}
     for row in rows:
-        key = (row.day, row.project if by_project else None, row.model if by_model else None)
+        key = (row.day, row.project if by_project else None, row.model if by_model else None, row.source)
         groups.setdefault(key, []).append(row)
     found = []
-    for (day, project, model), members in groups.items():
+    for (day, project, model, source), members in groups.items():
         usage = sum((row.usage for row in members), Usage())
         unpriced = tuple(dict.fromkeys(row.model for row in members if not row.cost.priced))
         found.append(
@@ -151,6 +171,8 @@ def group_costs(rows: Iterable[CostRow], *, by_project: bool, by_model: bool) ->
                 usage=usage,
                 cost=combined_cost(members, model),
                 unpriced=unpriced,
+                source=source,
+                requests=sum(row.requests for row in members),
             )
         )
     return found

@@ -36,6 +36,7 @@ __all__ = [
     "ParsedRequest",
     "RequestLine",
     "ValidationResult",
+    "count_embedding_inputs",
     "is_blank",
     "parse_request",
 ]
@@ -176,7 +177,7 @@ def _is_absent(value: object) -> bool:
     return value is None
 
 
-def _count_embedding_inputs(value: object) -> int:
+def count_embedding_inputs(value: object) -> int:
     """A string or one token array is one input; a list of strings or of token arrays is len(list)."""
     if not isinstance(value, list):
         return 1
@@ -373,7 +374,7 @@ class BatchValidator:
 
     def _count_embeddings(self, line_no: int, value: object) -> None:
         before = self._embedding_inputs
-        self._embedding_inputs += _count_embedding_inputs(value)
+        self._embedding_inputs += count_embedding_inputs(value)
         limit = self._max_embedding_inputs
         if before <= limit < self._embedding_inputs:
             message = (

@@ -138,6 +138,10 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
+    def abandoned(self) -> None:
+        """The probe in flight will never answer (its caller gave up): another may go."""
+        self._probing = False
+
     @property
     def failures(self) -> int:
         """Different requests that failed in the current run of failures."""

@@ -3,16 +3,18 @@ and registering them as File objects."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from overnight.blobs.base import BlobStore
 from overnight.domain import limits
 from overnight.domain.ids import blob_key, error_file_id, output_file_id, part_key
 from overnight.domain.models import Batch, FileObject, ResultKind, Shard
+from overnight.domain.partial import ResultOrder
 from overnight.store.base import MetadataStore
 
 OUTPUT_KINDS = (ResultKind.SUCCEEDED,)
 ERROR_KINDS = (ResultKind.FAILED, ResultKind.NOT_RUN)
+RECORDED_PAGE = 5000  # results read at a time when the files follow the recorded order
 
 
 def _filename(file_id: str, batch: Batch) -> str:
@@ -79,3 +81,43 @@ async def publish_result_files(
         if sizes[file_id] == 0:
             await blobs.delete(key)
     return await register_result_files(store, batch, now, sizes)
+
+
+async def recorded_chunks(
+    store: MetadataStore, batch_id: str, kinds: Sequence[ResultKind]
+) -> AsyncIterator[bytes]:
+    """The lines of the batch's results of these kinds in the order they were recorded (`seq`), a
+    newline after each, in chunks of a page of results."""
+    after = 0
+    while page := await store.recorded_results(batch_id, kinds, after_seq=after, limit=RECORDED_PAGE):
+        yield b"".join([line + b"\n" for _, line in page])
+        if len(page) < RECORDED_PAGE:
+            return
+        after = page[-1][0]
+
+
+async def publish_recorded_files(
+    store: MetadataStore, blobs: BlobStore, batch: Batch, now: int
+) -> tuple[str | None, str | None]:
+    """`publish_result_files` in the order the results were recorded: the order a reader of the lines
+    saw while the batch ran (docs/partial-results.md)."""
+    sizes: dict[str, int] = {}
+    for file_id, kinds in ((output_file_id(batch.id), OUTPUT_KINDS), (error_file_id(batch.id), ERROR_KINDS)):
+        key = blob_key(file_id)
+        sizes[file_id] = await blobs.put(key, recorded_chunks(store, batch.id, kinds))
+        if sizes[file_id] == 0:
+            await blobs.delete(key)
+    return await register_result_files(store, batch, now, sizes)
+
+
+async def write_result_files(
+    store: MetadataStore, blobs: BlobStore, batch: Batch, now: int, shards: Sequence[Shard] | None
+) -> tuple[str | None, str | None]:
+    """Write and register the batch's result files; returns their ids. Their order is fixed here once
+    and for all: the recorded order when someone read the lines while the batch ran; otherwise, with
+    `shards` that are all done, their parts joined, else the recorded results in line order."""
+    if await store.claim_result_order(batch.id, ResultOrder.FILES) is ResultOrder.RECORDED:
+        return await publish_recorded_files(store, blobs, batch, now)
+    if shards and all(shard.done for shard in shards):
+        return await compose_result_files(store, blobs, batch, now, shards)
+    return await publish_result_files(store, blobs, batch, now)

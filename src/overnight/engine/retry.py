@@ -21,6 +21,12 @@ Pure functions and values; no I/O and no clock of their own.
   the same way again points to the request, not the backend.
 * **Overload** (the concurrency window halves): no answer, 408, 409, 429, 502, 503, 504. A 500 is a
   request that failed, not a sign of load.
+* **Synchronous requests** (docs/sync.md) are tried again by Overnight only when the attempt never
+  reached the upstream (no connection could be made, so nothing ran there) and no byte of an answer
+  has gone to the client, at most SYNC_MAX_ATTEMPTS attempts in all, after the usual backoff. Every
+  other failure goes back to the client as the upstream gave it, with its `retry-after` and
+  `x-should-retry`: the client's own policy (the SDK retries 408/409/429/5xx) decides, and a request
+  that may have run upstream is never run twice behind the client's back.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from overnight.backends.base import Attempt
 
 JITTER = 0.25
+SYNC_MAX_ATTEMPTS = 3
 _MAX_EXPONENT = 1000  # 2.0 ** 1000 is still a finite float; any cap is reached long before
 _BACKEND_DOWN = frozenset({502, 503, 504})
 _OVERLOAD = frozenset({408, 409, 429, 502, 503, 504})
@@ -75,6 +82,12 @@ def judge(answer: Attempt) -> Judgement:
     down = not answer.answered or answer.status in _BACKEND_DOWN
     overload = not answer.answered or answer.status in _OVERLOAD
     return Judgement(succeeded=False, retry=retry, overload=overload, backend_down=down)
+
+
+def retry_synchronous(answer: Attempt, attempt: int, *, answer_sent: bool) -> bool:
+    """Whether Overnight itself tries a synchronous request again after failed attempt number
+    `attempt` (1 = the first); `answer_sent`: part of an answer already went to the client."""
+    return not answer_sent and not answer.reached and attempt < SYNC_MAX_ATTEMPTS
 
 
 def is_charged(answer: Attempt, backend_looks_down: bool) -> bool:

@@ -10,6 +10,9 @@ attempt leads to is decided in engine/retry.py.
 While the breaker is open, requests waiting for the backend queue behind the others of their batch,
 and each probe comes from the next batch in turn, so one batch's bad lines never hold up another
 batch; the moment a probe is answered they all go again.
+
+Synchronous requests take tickets (engine/online.py): online ones are granted before any batch line,
+flex ones in deadline order with the feeds; the caller sends the request and reports its answer.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from collections.abc import Callable
 
 from overnight.backends.base import Attempt, Backend
 from overnight.domain.clock import Clock
+from overnight.domain.models import Usage
 from overnight.domain.results import response_row, usage_of
 from overnight.domain.validation import is_blank, parse_request
 from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
 from overnight.engine.digest import ErrorDigest, Fate, describe_failure
 from overnight.engine.feed import Feed, RateLimits, Request, estimate_tokens
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.online import Lane, NoSlot, Ticket, TicketQueue, granted, wait_limit
 from overnight.engine.recent import RecentAttempts, is_failure
 from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
@@ -71,6 +76,7 @@ class BackendScheduler:
         self.demand_changed = asyncio.Event()  # the first feed came or the last went; or: look again
         self._prefetch = prefetch or max(64, 2 * backend.max_concurrency)
         self._feeds: list[Feed] = []
+        self.tickets = TicketQueue()  # synchronous requests (engine/online.py)
         self._served: dict[str, int] = {}
         self._in_flight = 0
         self._wake = asyncio.Event()
@@ -93,7 +99,7 @@ class BackendScheduler:
 
     @property
     def wants_slots(self) -> bool:
-        return bool(self._feeds)
+        return bool(self._feeds) or self.tickets.busy
 
     def set_cap(self, cap: int) -> None:
         """Take a new share: at most `cap` in flight, and that share of the rate limits."""
@@ -170,6 +176,9 @@ class BackendScheduler:
         self._feeds.append(feed)
         if len(self._feeds) == 1:
             self.demand_changed.set()
+        self._start_pump()
+
+    def _start_pump(self) -> None:
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run_pump(), name=f"dispatch {self.backend.name}")
 
@@ -260,14 +269,24 @@ class BackendScheduler:
 
     def _next(self) -> tuple[Feed, Request] | float | None:
         """Book the next request the limits allow now: the work, or how long until some may start
-        (a float), or None when nothing can start until something changes."""
-        if self._in_flight >= min(self.window.limit, self._cap) or self._draining:
-            return None
-        now = self._clock.now()
-        if self._retries:
-            self._release_due(now)
-        if not self.breaker.allows(now):
-            return self.breaker.retry_in(now) or None
+        (a float), or None when nothing can start until something changes. Tickets of synchronous
+        requests that may go first are granted on the way."""
+        while True:
+            if self._in_flight >= min(self.window.limit, self._cap) or self._draining:
+                return None
+            now = self._clock.now()
+            if self._retries:
+                self._release_due(now)
+            if not self.breaker.allows(now):
+                return self.breaker.retry_in(now) or None
+            if not self.tickets.waiting:
+                break
+            ticket = self.tickets.next(self._batch_deadline(), DEADLINE_BUCKET_S)
+            if ticket is None:
+                break
+            wait = self._grant(ticket, now)
+            if wait > 0:
+                return wait
         feed = self._pick()
         if feed is None:
             return self._next_retry_in(now)
@@ -297,6 +316,65 @@ class BackendScheduler:
             feed, request = work
             task = asyncio.create_task(self._sender(feed, request))
             feed.in_flight.add(task)
+
+    def _batch_deadline(self) -> int | None:
+        ready = [feed.deadline for feed in self._feeds if feed.ready and not feed.stopped]
+        return min(ready, default=None)
+
+    def _grant(self, ticket: Ticket, now: float) -> float:
+        """Give the ticket a slot now, or say how long the rate limits want it to wait."""
+        if self._rpm is not None or self._tpm is not None:
+            wait = self._rate_wait(ticket.tokens, now)
+            if wait > 0:
+                return wait
+            self._take_budget(ticket.tokens, now)
+        self.breaker.sent()
+        ticket.sequence = self.window.sent()
+        self._in_flight += 1
+        self.tickets.grant(ticket)
+        return 0.0
+
+    # -- synchronous requests (engine/online.py) ---------------------------------------------------
+    async def admit(self, lane: Lane, tokens: float, deadline: float = float("inf")) -> Ticket:
+        """Wait for a slot for one synchronous attempt. NoSlot at once when an online request meets a
+        breaker that sends nothing now, or when `deadline` (clock time) passes first."""
+        now = self._clock.now()
+        if lane is Lane.ONLINE and not self.breaker.allows(now):
+            raise NoSlot(f"backend {self.backend.name!r} looks down", self.breaker.retry_in(now) or None)
+        ticket = Ticket(lane, deadline, tokens, asyncio.get_running_loop().create_future())
+        if not self.tickets.busy:
+            self.demand_changed.set()  # this process wants its share of the backend's slots now
+        self.tickets.add(ticket)
+        self._start_pump()
+        self._dispatch()  # granted here and now when the limits allow: no trip through the pump
+        self._wake.set()
+        return await granted(ticket, self.tickets, wait_limit(deadline, now), self.release, self.backend.name)
+
+    def answered(self, ticket: Ticket, answer: Attempt, seconds: float) -> None:
+        """Account for the head of a ticket's answer (a stream's status line is enough): the window,
+        the breaker and the metrics learn from it as from a batch line's attempt."""
+        now = self._clock.now()
+        ticket.reported = True
+        self._metrics.observe_attempt(self.backend.name, answer.status, seconds)
+        self.recent.note(now, is_failure(answer.status, answer.answered))
+        verdict = judge(answer)
+        self.window.record(verdict.overload, ticket.sequence)
+        self._record_health(verdict, ticket, answer, now)
+
+    def release(self, ticket: Ticket, usage: Usage | None = None) -> None:
+        """Free the ticket's slot (once); `usage`: the tokens the request used, when known."""
+        if ticket.released:
+            return
+        ticket.released = True
+        if not ticket.reported and self.breaker.state is BreakerState.HALF_OPEN:
+            self.breaker.abandoned()  # it may have been the probe, and will never answer
+        self.tickets.release()
+        self._finish_attempt()
+        if usage is not None and (usage.input_tokens or usage.output_tokens):
+            self._metrics.tokens(self.backend.name, usage.input_tokens, usage.output_tokens)
+            if self._tpm is not None:
+                self._tpm.give_back(ticket.tokens - usage.total_tokens, self._clock.now())
+        self._wake.set()
 
     def _rate_wait(self, tokens: float, now: float) -> float:
         wait = 0.0

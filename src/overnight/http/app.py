@@ -8,15 +8,21 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from overnight.http import batches, costs, dashboard, files, models, progress
+from overnight.http import background, batches, costs, dashboard, files, models, progress, sync
+from overnight.http import partial as http_partial
+from overnight.http import retries as http_retries
 from overnight.http.auth import Authenticator, auth_middleware
 from overnight.http.errors import errors_middleware
 from overnight.http.wire import json_response
+from overnight.services.background import BackgroundResponses
 from overnight.services.batches import BatchesService
 from overnight.services.costs import CostsService
 from overnight.services.files import FilesService
 from overnight.services.models import ModelsService
+from overnight.services.partial import PartialResults
 from overnight.services.progress import ProgressService
+from overnight.services.retries import RetryService
+from overnight.services.sync import SyncService
 
 REQUEST_ID = "x-request-id"
 
@@ -74,6 +80,11 @@ def create_app(
     dashboard_services: dashboard.Dashboard | None = None,
     costs_service: CostsService | None = None,
     progress_service: ProgressService | None = None,
+    background_service: BackgroundResponses | None = None,
+    sync_service: SyncService | None = None,
+    sync_body_limit: int = 32 * 1024 * 1024,
+    partial: PartialResults | None = None,
+    retries: RetryService | None = None,
 ) -> web.Application:
     # The dashboard's pages check the key their cookie holds themselves (http/dashboard_auth.py).
     public = ("/", "/ui") if dashboard_services is not None else ()
@@ -84,7 +95,11 @@ def create_app(
     app.on_response_prepare.append(_prepare_streams)
     _add_probes(app, metrics_source, health_check)
     files.add_routes(app, files_service)
+    # File content by lines (docs/partial-results.md); without the service, no result file is special.
+    http_partial.add_routes(app, partial or PartialResults(None, files_service))
     batches.add_routes(app, batches_service)
+    if retries is not None:
+        http_retries.add_routes(app, retries)
     if models_service is not None:
         models.add_routes(app, models_service)
     if dashboard_services is not None:
@@ -93,6 +108,10 @@ def create_app(
         costs.add_routes(app, costs_service)
     if progress_service is not None:
         progress.add_routes(app, progress_service)
+    if sync_service is not None:
+        sync.add_routes(app, sync_service, body_limit=sync_body_limit)
+    if background_service is not None:  # POST /v1/responses hands background requests to it
+        background.add_routes(app, background_service)
     return app
 
 

@@ -1,8 +1,9 @@
 """GET /v1/organization/costs: OpenAI's Costs API over Overnight's batches, with extension fields.
 
 The shape is OpenAI's (`page` of daily `bucket`s of `organization.costs.result`s); `line_item` is the
-model. Each result adds `synchronous_amount`, `saved_amount`, `usage`, `batch_count`, `priced` and,
-when unpriced, `message` (docs/costs.md). A key sees its own project only; an admin key every project.
+model. Each result adds `source` (batch, sync or flex: never mixed in one result), `synchronous_amount`,
+`saved_amount`, `usage`, `batch_count`, `request_count`, `priced` and, when unpriced, `message`
+(docs/costs.md). A key sees its own project only; an admin key every project.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.errors import InvalidRequest
-from overnight.domain.pricing import CostGroup, CostRow, group_costs
+from overnight.domain.pricing import BATCH, CostGroup, CostRow, group_costs
 from overnight.http.auth import identity_of
 from overnight.http.wire import json_response, usage_json
 from overnight.services.costs import CostsService, day_name
@@ -178,7 +179,7 @@ def result_json(group: CostGroup, *, by_project: bool, by_model: bool) -> dict[s
     usage, cost = group.usage, group.cost
     return {
         "object": "organization.costs.result",
-        "amount": _amount(cost.batch_usd),
+        "amount": _amount(cost.charged_usd(group.source)),
         "line_item": group.model if by_model else None,
         "project_id": group.project if by_project else None,
         "api_key_id": None,
@@ -186,10 +187,12 @@ def result_json(group: CostGroup, *, by_project: bool, by_model: bool) -> dict[s
         "quantity_unit": "tokens" if by_model else None,
         # Overnight's extension: what the same requests would have cost synchronously, and the rest
         "synchronous_amount": _amount(cost.synchronous_usd),
-        "saved_amount": _amount(cost.saved_usd),
+        "saved_amount": _amount(cost.saved_by(group.source)),
         "priced": cost.priced,
         "message": None if cost.priced else _unpriced_message(group),
+        "source": group.source,
         "batch_count": group.batches,
+        "request_count": None if group.source == BATCH else group.requests,
         "usage": usage_json(usage),
     }
 

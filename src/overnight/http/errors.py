@@ -30,7 +30,12 @@ def error_response(
 
 
 def render(error: ApiError) -> web.Response:
-    return error_response(error.status, error.message, type_=error.type, param=error.param, code=error.code)
+    response = error_response(
+        error.status, error.message, type_=error.type, param=error.param, code=error.code
+    )
+    for name, value in error.headers:
+        response.headers[name] = value
+    return response
 
 
 def _render_http_exception(exc: web.HTTPException, request: web.Request) -> web.StreamResponse:

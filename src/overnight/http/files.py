@@ -10,6 +10,7 @@ from overnight.domain import limits
 from overnight.domain.errors import InvalidRequest
 from overnight.http.auth import project_of
 from overnight.http.params import choice_param, limit_param
+from overnight.http.partial import content, idempotency_key
 from overnight.http.wire import file_json, json_response, list_json
 from overnight.services.files import FilesService, FormPart
 
@@ -42,7 +43,9 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("Uploads must be sent as multipart/form-data.")
     try:
-        file = await request.app[FILES].upload(project_of(request), _parts(request), request.content_length)
+        file = await request.app[FILES].upload(
+            project_of(request), _parts(request), request.content_length, idempotency_key(request)
+        )
     except InvalidRequest:
         await _drain(request)
         raise
@@ -69,18 +72,6 @@ async def delete(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
     await request.app[FILES].delete(project_of(request), file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})
-
-
-async def content(request: web.Request) -> web.StreamResponse:
-    file, chunks = await request.app[FILES].content(project_of(request), request.match_info["file_id"])
-    response = web.StreamResponse(
-        headers={"Content-Type": "application/octet-stream", "Content-Length": str(file.bytes)}
-    )
-    await response.prepare(request)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
 
 
 def add_routes(app: web.Application, service: FilesService) -> None:

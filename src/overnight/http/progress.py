@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from overnight.domain.ids import error_file_id, output_file_id
+from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.progress import Progress
 from overnight.http.auth import project_of
 from overnight.http.wire import json_response
@@ -32,6 +34,18 @@ def progress_json(progress: Progress) -> dict[str, Any]:
             {"at": sample.at, "completed": sample.completed, "failed": sample.failed}
             for sample in progress.samples
         ],
+        "partial_results": _partial_results(progress),
+    }
+
+
+def _partial_results(progress: Progress) -> dict[str, str] | None:
+    """Where the lines finished so far can be read while the batch runs (docs/partial-results.md); null
+    once it has ended (the Batch object names its files then)."""
+    if progress.status in TERMINAL:
+        return None
+    return {
+        "output_file_id": output_file_id(progress.batch_id),
+        "error_file_id": error_file_id(progress.batch_id),
     }
 
 

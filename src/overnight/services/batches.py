@@ -13,6 +13,7 @@ from overnight.domain import limits
 from overnight.domain.clock import Clock
 from overnight.domain.errors import Conflict, InvalidRequest, batch_not_found, file_not_found
 from overnight.domain.events import Subscriptions
+from overnight.domain.idempotency import json_fingerprint
 from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.lifecycle import CANCELLABLE, transition
 from overnight.domain.lines import split_line_groups
@@ -24,6 +25,7 @@ from overnight.domain.tokens import (
     over_budget,
     token_limit_message,
 )
+from overnight.services.idempotency import IdempotentCreates
 from overnight.store.base import MetadataStore
 
 log = logging.getLogger("overnight.batches")
@@ -135,7 +137,9 @@ class BatchesService:
         blobs: BlobStore | None = None,
         budgets: TokenBudgets | None = None,
         subscriptions: Subscriptions | None = None,
+        idempotency: IdempotentCreates | None = None,
     ) -> None:
+        self._idempotency = idempotency or IdempotentCreates(store, clock)
         self._store = store
         self._ids = ids
         self._clock = clock
@@ -150,7 +154,27 @@ class BatchesService:
         # servers, two creates at the same moment may overshoot by one batch: docs/costs.md).
         self._budget_lock = asyncio.Lock()
 
-    async def create(self, project: str, params: dict[str, Any]) -> Batch:
+    async def create(
+        self,
+        project: str,
+        params: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        batch_id: str | None = None,
+    ) -> Batch:
+        """Create a batch from the request's `params` (with `batch_id` when given). With
+        `idempotency_key`, a key the project already used gives that key's batch (services/idempotency.py)."""
+        if idempotency_key is not None:
+            outcome = await self._idempotency.create(
+                project,
+                idempotency_key,
+                json_fingerprint("POST /v1/batches", params),
+                new_id=self._ids.batch_id,
+                create=lambda new_id: self.create(project, params, batch_id=new_id),
+                find=lambda found_id: self._store.get_batch(found_id, project),
+                gone=batch_not_found,
+            )
+            return outcome.value
         input_file_id = _required_string(params, "input_file_id")
         endpoint = _choice(params, "endpoint", limits.BATCH_ENDPOINTS)
         window = _choice(params, "completion_window", self._windows)
@@ -170,7 +194,7 @@ class BatchesService:
         window_seconds = limits.parse_window(window)
         assert window_seconds is not None  # settings only admit well-formed windows
         batch = Batch(
-            id=self._ids.batch_id(),
+            id=batch_id or self._ids.batch_id(),
             project=project,
             endpoint=endpoint,
             input_file_id=input_file_id,

@@ -1,13 +1,16 @@
-"""Costs: what batches cost, and what the same requests would have cost synchronously (docs/costs.md)."""
+"""Costs: what batches cost, and what the same requests would have cost synchronously; and what the
+synchronous requests cost, flex ones at batch prices (docs/costs.md)."""
 
 from __future__ import annotations
 
 import time
 
 from overnight.domain.models import Batch
-from overnight.domain.pricing import Cost, CostRow, PriceTable
+from overnight.domain.pricing import FLEX, SOURCES, SYNC, Cost, CostRow, PriceTable
+from overnight.domain.sync import Tier
 from overnight.store.base import MetadataStore
 
+DAY_S = 86400
 FAR_FUTURE = 2**62  # `end` None: up to now and beyond (batches are never created in the future)
 
 
@@ -30,10 +33,14 @@ class CostsService:
         return self._prices.cost(batch.model, batch.usage)
 
     async def costs(self, project: str | None, start: int, end: int | None) -> list[CostRow]:
-        """Usage and cost of the batches created in [start, end), per UTC day, project and model, in that
-        order; `project` None: of every project."""
-        rows = await self._store.usage_by_day(project, start, FAR_FUTURE if end is None else end)
-        return [
+        """Usage and cost of the batches created in [start, end) and of the synchronous requests answered
+        then, per UTC day, project, model and source (batch, sync, flex), in that order; `project` None:
+        of every project."""
+        end = FAR_FUTURE if end is None else end
+        batches = await self._store.usage_by_day(project, start, end)
+        # the days that start in the range, and the one it starts in
+        synchronous = await self._store.sync_usage_by_day(project, start - start % DAY_S, end)
+        rows = [
             CostRow(
                 day=day_name(row.day),
                 project=row.project,
@@ -42,5 +49,23 @@ class CostsService:
                 usage=row.usage,
                 cost=self._prices.cost(row.model, row.usage),
             )
-            for row in rows
+            for row in batches
         ]
+        rows += [
+            CostRow(
+                day=day_name(row.day),
+                project=row.project,
+                model=row.model,
+                batches=0,
+                usage=row.usage,
+                cost=self._prices.cost(row.model, row.usage),
+                source=FLEX if row.tier is Tier.FLEX else SYNC,
+                requests=row.requests,
+            )
+            for row in synchronous
+        ]
+        return sorted(rows, key=_row_order)
+
+
+def _row_order(row: CostRow) -> tuple[str, str, bool, str, int]:
+    return (row.day, row.project, row.model is None, row.model or "", SOURCES.index(row.source))

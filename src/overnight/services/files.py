@@ -12,9 +12,11 @@ from overnight.blobs.base import BlobStore, BlobTooLarge
 from overnight.domain import limits
 from overnight.domain.clock import Clock
 from overnight.domain.errors import InvalidRequest, file_not_found
+from overnight.domain.idempotency import UploadFingerprint
 from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.models import FileObject, Page
 from overnight.probes import NO_PROBE, Probe
+from overnight.services.idempotency import IdempotentCreates
 from overnight.store.base import MetadataStore, Order
 
 log = logging.getLogger("overnight.files")
@@ -54,6 +56,12 @@ async def _text(part: FormPart) -> str:
         if len(data) > TEXT_FIELD_LIMIT:
             raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
     return data.decode("utf-8", errors="replace")
+
+
+async def _hashed(chunks: AsyncIterator[bytes], fingerprint: UploadFingerprint) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        fingerprint.content(chunk)
+        yield chunk
 
 
 def check_purpose(purpose: str | None) -> str:
@@ -112,8 +120,15 @@ def _expiry_seconds(anchor: str | None, seconds: str | None) -> int | None:
 
 class FilesService:
     def __init__(
-        self, store: MetadataStore, blobs: BlobStore, ids: IdGenerator, clock: Clock, probe: Probe = NO_PROBE
+        self,
+        store: MetadataStore,
+        blobs: BlobStore,
+        ids: IdGenerator,
+        clock: Clock,
+        probe: Probe = NO_PROBE,
+        idempotency: IdempotentCreates | None = None,
     ) -> None:
+        self._idempotency = idempotency or IdempotentCreates(store, clock)
         self._probe = probe
         self._store = store
         self._blobs = blobs
@@ -121,9 +136,15 @@ class FilesService:
         self._clock = clock
 
     async def upload(
-        self, project: str, parts: AsyncIterator[FormPart], declared_bytes: int | None = None
+        self,
+        project: str,
+        parts: AsyncIterator[FormPart],
+        declared_bytes: int | None = None,
+        idempotency_key: str | None = None,
     ) -> FileObject:
         """The whole upload: read the form's parts, stream the file's content to storage, record it.
+        With `idempotency_key`, the request's fingerprint (its fields and content) is taken as it streams,
+        and a key already used gives its file instead (services/idempotency.py).
 
         The content is staged under an upload record, so content that a crash leaves unrecorded is
         found again by `sweep_abandoned_uploads`; any refusal (a bad field, a second file part, an
@@ -132,6 +153,7 @@ class FilesService:
         fields: dict[str, str] = {}
         staged: StagedContent | None = None
         filename = "upload"
+        fingerprint = UploadFingerprint("POST /v1/files") if idempotency_key is not None else None
         try:
             async for part in parts:
                 if part.name == "file" and staged is None:
@@ -139,7 +161,8 @@ class FilesService:
                     purpose = fields.get("purpose")
                     if declared_bytes is not None and declared_bytes > size_limit(purpose) + FORM_OVERHEAD:
                         raise too_large(purpose)  # refused before a byte of it is stored
-                    staged = await self._stage(part.chunks, purpose)
+                    chunks = part.chunks if fingerprint is None else _hashed(part.chunks, fingerprint)
+                    staged = await self._stage(chunks, purpose)
                 elif part.name:
                     fields[part.name] = await _text(part)
             if staged is None:
@@ -154,7 +177,15 @@ class FilesService:
             )
             file = self._describe(project, staged, form)
             self._probe.reached("upload.stored")
-            await self._store.add_file(file)  # also ends the upload record
+            if fingerprint is not None and idempotency_key is not None:
+                for name, value in (*sorted(fields.items()), ("filename", filename)):
+                    fingerprint.field(name, value)
+                known = await self._add_once(project, idempotency_key, fingerprint.digest(), file)
+                if known is not file:  # the key's file, uploaded before: this content is not needed
+                    await asyncio.shield(self._discard(staged.file_id))
+                    return known
+            else:
+                await self._store.add_file(file)  # also ends the upload record
         except BaseException:
             if staged is not None:
                 await asyncio.shield(self._discard(staged.file_id))
@@ -163,6 +194,24 @@ class FilesService:
             "file uploaded id=%s project=%s purpose=%s bytes=%d", file.id, project, file.purpose, file.bytes
         )
         return file
+
+    async def _add_once(self, project: str, key: str, fingerprint: str, file: FileObject) -> FileObject:
+        """Record `file` as the key's file, or give the file the key already has."""
+
+        async def add(_: str) -> FileObject:
+            await self._store.add_file(file)  # also ends the upload record
+            return file
+
+        outcome = await self._idempotency.create(
+            project,
+            key,
+            fingerprint,
+            new_id=lambda: file.id,
+            create=add,
+            find=lambda file_id: self._store.get_file(project, file_id),
+            gone=file_not_found,
+        )
+        return outcome.value
 
     async def _stage(self, chunks: AsyncIterable[bytes], purpose: str | None) -> StagedContent:
         """Stream content to storage under an upload record, refusing it once it passes the

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Literal, Protocol
 
+from overnight.domain.background import StoredResponse
 from overnight.domain.events import Delivery, Event
+from overnight.domain.idempotency import KeyRecord
 from overnight.domain.models import (
     BackendStatus,
     Batch,
@@ -18,7 +20,9 @@ from overnight.domain.models import (
     ResultRow,
     Shard,
 )
+from overnight.domain.partial import ResultOrder
 from overnight.domain.progress import Sample
+from overnight.domain.sync import SyncUsage
 
 Order = Literal["asc", "desc"]
 
@@ -61,7 +65,8 @@ class MetadataStore(Protocol):
     async def list_files(
         self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
     ) -> Page[FileObject]:
-        """Files of a project ordered by id (= creation), starting after the file `after`."""
+        """Files of a project ordered by id (= creation), starting after the file `after`; never those
+        of background responses."""
         ...
 
     async def delete_file(self, project: str, file_id: str) -> bool:
@@ -86,7 +91,8 @@ class MetadataStore(Protocol):
         ...
 
     async def list_batches(self, project: str | None, *, after: str | None, limit: int) -> Page[Batch]:
-        """Batches of a project (None: of every project), newest first, after the batch `after`."""
+        """Batches of a project (None: of every project), newest first, after the batch `after`; never
+        those of background responses."""
         ...
 
     async def transition_batch(
@@ -104,6 +110,20 @@ class MetadataStore(Protocol):
         """How many batches (of every project) are in each status; absent statuses have none."""
         ...
 
+    # -- background responses: each runs as a hidden one-line batch (docs/background.md) -------------
+    async def add_background_response(
+        self, stored: StoredResponse, input_file: FileObject, hidden_files: Sequence[str]
+    ) -> None:
+        """Store a background response in one transaction: its batch, its input file's record (ending
+        that upload, see `begin_upload`), the Response as created, and the ids of the files that
+        `list_files` leaves out (its input, output and error files). `list_batches` leaves its batch out."""
+        ...
+
+    async def get_background_response(self, batch_id: str, project: str) -> StoredResponse | None:
+        """The project's background response whose batch is `batch_id`, with the batch as `get_batch`
+        gives it; None if absent, another project's, or a batch of the Batch API."""
+        ...
+
     # -- usage and budgets ----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         """The batches of a project (None: of every project) created in [start, end), per UTC day of
@@ -114,6 +134,16 @@ class MetadataStore(Protocol):
     async def enqueued_tokens(self, project: str) -> int:
         """The summed `enqueued_tokens` of the project's batches that have not ended (validating, in
         progress, finalizing or cancelling)."""
+        ...
+
+    async def add_sync_usage(self, rows: Sequence[SyncUsage]) -> None:
+        """Add each row's requests and tokens to those kept for its day, project, model and tier (in one
+        transaction; a row whose key is new starts at its own)."""
+        ...
+
+    async def sync_usage_by_day(self, project: str | None, start: int, end: int) -> list[SyncUsage]:
+        """The synchronous usage of a project (None: of every project) on the UTC days starting in
+        [start, end), by day, project, model, then tier."""
         ...
 
     # -- the webhooks' outbox: each event delivered to each of its endpoints ------------------------
@@ -233,7 +263,8 @@ class MetadataStore(Protocol):
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Insert rows whose line has no result yet (others are ignored) and update the batch's
         request_counts, usage and error groups (see `error_groups`) in the same transaction, counting
-        only the new rows. Returns how many rows were new."""
+        only the new rows, and numbering them after every result recorded before (see
+        `recorded_results`). Returns how many rows were new."""
         ...
 
     async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:
@@ -254,4 +285,38 @@ class MetadataStore(Protocol):
     async def ended_batches_with_results(self, statuses: Collection[BatchStatus], limit: int) -> list[str]:
         """Up to `limit` ids of batches in one of these (ended) statuses that still have results: what a
         server that stopped before cleaning up left behind."""
+        ...
+
+    # -- results while a batch runs (docs/partial-results.md) ------------------------------------------
+    async def recorded_results(
+        self, batch_id: str, kinds: Collection[ResultKind], *, after_seq: int = 0, skip: int = 0, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """(seq, line) of the results of these kinds recorded after `seq` `after_seq`, in the order they
+        were recorded (`record_results` numbers them in its transaction, so a result becomes visible
+        only after every result with a lower `seq`), skipping the first `skip`, at most `limit`."""
+        ...
+
+    async def claim_result_order(self, batch_id: str, order: ResultOrder) -> ResultOrder | None:
+        """Fix the order of the batch's result files as `order` unless it is already fixed; the order
+        it has now (None: no such batch)."""
+        ...
+
+    # -- Idempotency-Key: one object per project and key ----------------------------------------------
+    async def remember_key(self, record: KeyRecord) -> KeyRecord:
+        """Store the key unless the project already has it; the record it has now (`record`, or the
+        earlier one)."""
+        ...
+
+    async def get_key(self, project: str, key: str) -> KeyRecord | None: ...
+
+    async def key_done(self, project: str, key: str, object_id: str, now: int) -> None:
+        """Note that the key's object (`object_id`) exists, from `now`."""
+        ...
+
+    async def forget_key(self, project: str, key: str, object_id: str) -> bool:
+        """Remove the key if it still names `object_id` (its request failed, or died); False otherwise."""
+        ...
+
+    async def forget_keys_before(self, created_before: int) -> int:
+        """Remove every key first used before `created_before`; how many went."""
         ...

@@ -17,8 +17,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import asyncpg
 
+from overnight.domain.background import StoredResponse
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.events import Delivery, Event
+from overnight.domain.idempotency import KeyRecord
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.limits import fair_share
 from overnight.domain.models import (
@@ -33,12 +35,19 @@ from overnight.domain.models import (
     ResultRow,
     Shard,
 )
+from overnight.domain.partial import ResultOrder
 from overnight.domain.progress import Sample
+from overnight.domain.sync import SyncUsage
+from overnight.store import postgres_background as background
 from overnight.store import postgres_outbox as outbox
 from overnight.store import postgres_sql as sql
 from overnight.store import postgres_stats as stats
+from overnight.store import postgres_streaming as streaming
+from overnight.store import postgres_sync_usage as sync_sql
 from overnight.store import postgres_usage as usage_sql
 from overnight.store import schema
+from overnight.store import sync_usage_rows as sync_rows
+from overnight.store.background_sql import stored_from_row
 from overnight.store.base import ALL_LINES, LineRange, Order, StoreUnavailable
 from overnight.store.rows import (
     BATCH_COLUMNS,
@@ -365,6 +374,16 @@ class PostgresStore:
     async def count_batches(self) -> dict[BatchStatus, int]:
         return {BatchStatus(status): count for status, count in await self._fetch(sql.COUNT_BATCHES)}
 
+    # -- background responses --------------------------------------------------------------------
+    async def add_background_response(
+        self, stored: StoredResponse, input_file: FileObject, hidden_files: Sequence[str]
+    ) -> None:
+        await self._call(background.add_background_response(stored, input_file, hidden_files))
+
+    async def get_background_response(self, batch_id: str, project: str) -> StoredResponse | None:
+        row = await self._fetchrow(background.GET, batch_id, project)
+        return None if row is None else stored_from_row(tuple(row))
+
     # -- usage and budgets -----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         if project is None:
@@ -376,6 +395,24 @@ class PostgresStore:
     async def enqueued_tokens(self, project: str) -> int:
         total: int = await self._fetchval(usage_sql.ENQUEUED_TOKENS, project, ENQUEUED_STATUSES)
         return total
+
+    async def add_sync_usage(self, rows: Sequence[SyncUsage]) -> None:
+        if not rows:
+            return
+        values = sync_rows.in_key_order(rows)
+
+        async def add(pool: asyncpg.Pool) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.executemany(sync_sql.ADD_SYNC_USAGE, values)
+
+        await self._call(add)
+
+    async def sync_usage_by_day(self, project: str | None, start: int, end: int) -> list[SyncUsage]:
+        if project is None:
+            found = await self._fetch(sync_sql.SYNC_USAGE_BY_DAY, start, end)
+        else:
+            found = await self._fetch(sync_sql.PROJECT_SYNC_USAGE_BY_DAY, start, end, project)
+        return sync_rows.in_order(sync_rows.sync_usage(row) for row in found)
 
     # -- the webhooks' outbox --------------------------------------------------------------------
     async def claim_deliveries(
@@ -536,3 +573,38 @@ class PostgresStore:
         if not wanted:
             return []
         return [row[0] for row in await self._fetch(sql.ENDED_BATCHES_WITH_RESULTS, wanted, max(limit, 0))]
+
+    # -- results while a batch runs --------------------------------------------------------------
+    async def recorded_results(
+        self, batch_id: str, kinds: Collection[ResultKind], *, after_seq: int = 0, skip: int = 0, limit: int
+    ) -> list[tuple[int, bytes]]:
+        wanted = sorted({ResultKind(kind).value for kind in kinds})
+        if not wanted or limit <= 0:
+            return []
+        rows = await self._fetch(streaming.RECORDED_RESULTS, batch_id, after_seq, wanted, limit, max(skip, 0))
+        return [(row[0], bytes(row[1])) for row in rows]
+
+    async def claim_result_order(self, batch_id: str, order: ResultOrder) -> ResultOrder | None:
+        found = await self._fetchval(streaming.SET_ORDER, batch_id, ResultOrder(order).value)
+        if found is None:
+            found = await self._fetchval(streaming.GET_ORDER, batch_id)
+        return None if found is None else ResultOrder(found)
+
+    # -- Idempotency-Key -------------------------------------------------------------------------
+    async def remember_key(self, record: KeyRecord) -> KeyRecord:
+        await self._execute(streaming.ADD_KEY, *streaming.key_values(record))
+        found = await self.get_key(record.project, record.key)
+        return record if found is None else found  # None only if swept between the two statements
+
+    async def get_key(self, project: str, key: str) -> KeyRecord | None:
+        row = await self._fetchrow(streaming.GET_KEY, project, key)
+        return None if row is None else streaming.key_from_row(row)
+
+    async def key_done(self, project: str, key: str, object_id: str, now: int) -> None:
+        await self._execute(streaming.KEY_DONE, project, key, object_id, now)
+
+    async def forget_key(self, project: str, key: str, object_id: str) -> bool:
+        return await self._execute(streaming.FORGET_KEY, project, key, object_id) > 0
+
+    async def forget_keys_before(self, created_before: int) -> int:
+        return await self._execute(streaming.FORGET_OLD_KEYS, created_before)

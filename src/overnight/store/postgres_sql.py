@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from overnight.domain.models import FileObject
+from overnight.store.background_sql import VISIBLE_BATCH, VISIBLE_FILE
 from overnight.store.rows import BATCH_COLUMNS, TRANSITION_COLUMNS
 
 # A fixed key for pg_advisory_lock: every process that migrates one database takes this lock first.
@@ -46,7 +47,7 @@ FILE_IN_USE = "SELECT EXISTS (SELECT 1 FROM batches WHERE input_file_id = $1 AND
 
 def list_files(*, purpose: bool, after: bool, ascending: bool) -> str:
     """The page query: $1 project, then $2 purpose and/or the `after` id when given, then the limit."""
-    clauses, params = ["project = $1"], 1
+    clauses, params = ["project = $1", VISIBLE_FILE], 1
     if purpose:
         params += 1
         clauses.append(f"purpose = ${params}")
@@ -74,8 +75,10 @@ ADD_BATCH = (
 )
 GET_BATCH = f"{_BATCH_SELECT} WHERE id = $1"
 GET_PROJECT_BATCH = f"{_BATCH_SELECT} WHERE id = $1 AND project = $2"
-LIST_BATCHES = f"{_BATCH_SELECT} WHERE project = $1 ORDER BY id DESC LIMIT $2"
-LIST_BATCHES_AFTER = f"{_BATCH_SELECT} WHERE project = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+LIST_BATCHES = f"{_BATCH_SELECT} WHERE project = $1 AND {VISIBLE_BATCH} ORDER BY id DESC LIMIT $2"
+LIST_BATCHES_AFTER = (
+    f"{_BATCH_SELECT} WHERE project = $1 AND id < $2 AND {VISIBLE_BATCH} ORDER BY id DESC LIMIT $3"
+)
 # $1 id, $2.. the TRANSITION_COLUMNS, then the expected statuses as one array.
 TRANSITION_BATCH = (
     "UPDATE batches SET "
@@ -165,8 +168,11 @@ SHARDS_OF = f"SELECT {SHARD_COLUMNS} FROM shards WHERE batch_id = $1 ORDER BY sh
 
 # $1 batch, then one array per column: line_no, kind, line, and the four token counts. The rows come
 # without duplicate lines and in line order (the same lock order in every transaction: no deadlock
-# between two groups that overlap). The INSERT's RETURNING holds only the rows that were new, so the
-# counters grow by exactly those, in the same statement; a group of nothing new touches no batch.
+# between two groups that overlap). The batch's row is locked first (`numbered`): the rows take the
+# `seq` numbers after its `result_seq`, and a concurrent group of the same batch waits for this one to
+# commit before it numbers its own, so results become visible in `seq` order. The INSERT's RETURNING
+# holds only the rows that were new, so the counters grow by exactly those, in the same statement; a
+# group of nothing new touches no batch.
 # With `errors`, three more arrays name the error-file rows ($9 line_no, $10 code, $11 status, 0 for
 # none): those that were new are counted into their error groups, in the same statement too.
 def _record_results(*, errors: bool) -> str:
@@ -189,14 +195,17 @@ def _record_results(*, errors: bool) -> str:
         else ""
     )
     return f"""
-WITH incoming AS (
+WITH numbered AS (
+    SELECT result_seq FROM batches WHERE id = $1 FOR UPDATE
+), incoming AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[],
-                         $7::bigint[], $8::bigint[])
-        AS t (line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
+                         $7::bigint[], $8::bigint[]) WITH ORDINALITY
+        AS t (line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens, ord)
 ), new AS (
     INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,
-                         reasoning_tokens)
-    SELECT $1, line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+                         reasoning_tokens, seq)
+    SELECT $1, line_no, kind, line, input_tokens, output_tokens, cached_tokens, reasoning_tokens,
+           coalesce((SELECT result_seq FROM numbered), 0) + ord
     FROM incoming
     ON CONFLICT (batch_id, line_no) DO NOTHING
     RETURNING {returning}, input_tokens, output_tokens, cached_tokens, reasoning_tokens
@@ -216,7 +225,8 @@ WITH incoming AS (
         input_tokens = batches.input_tokens + added.input_tokens,
         output_tokens = batches.output_tokens + added.output_tokens,
         cached_tokens = batches.cached_tokens + added.cached_tokens,
-        reasoning_tokens = batches.reasoning_tokens + added.reasoning_tokens
+        reasoning_tokens = batches.reasoning_tokens + added.reasoning_tokens,
+        result_seq = batches.result_seq + cardinality($2::bigint[])
     FROM added
     WHERE batches.id = $1 AND added.rows > 0
 ){grouped}

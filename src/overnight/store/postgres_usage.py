@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from overnight.store.background_sql import VISIBLE_BATCH
 from overnight.store.rows import BATCH_COLUMNS
 from overnight.store.usage_rows import USAGE_COLUMNS
 
@@ -14,5 +15,5 @@ ENQUEUED_TOKENS = (  # $1 project, $2 the statuses that hold tokens; a sum of BI
 )
 
 _BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
-LIST_ALL_BATCHES = f"{_BATCH_SELECT} ORDER BY id DESC LIMIT $1"
-LIST_ALL_BATCHES_AFTER = f"{_BATCH_SELECT} WHERE id < $1 ORDER BY id DESC LIMIT $2"
+LIST_ALL_BATCHES = f"{_BATCH_SELECT} WHERE {VISIBLE_BATCH} ORDER BY id DESC LIMIT $1"
+LIST_ALL_BATCHES_AFTER = f"{_BATCH_SELECT} WHERE id < $1 AND {VISIBLE_BATCH} ORDER BY id DESC LIMIT $2"

@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from overnight.domain.background import StoredResponse
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.events import Delivery, Event
+from overnight.domain.idempotency import KeyRecord
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import (
     BackendStatus,
@@ -26,14 +28,20 @@ from overnight.domain.models import (
     ResultRow,
     Shard,
 )
+from overnight.domain.partial import ResultOrder
 from overnight.domain.progress import Sample
+from overnight.domain.sync import SyncUsage
 from overnight.store import schema
+from overnight.store import sqlite_background as background
 from overnight.store import sqlite_leases as leases
 from overnight.store import sqlite_outbox as outbox
 from overnight.store import sqlite_shards as shards
 from overnight.store import sqlite_slots as slots
 from overnight.store import sqlite_stats as stats
+from overnight.store import sqlite_streaming as streaming
+from overnight.store import sqlite_sync_usage as sync_usage
 from overnight.store import sqlite_usage as usage
+from overnight.store.background_sql import VISIBLE_BATCH, VISIBLE_FILE
 from overnight.store.base import ALL_LINES, LineRange, Order
 from overnight.store.rows import (
     BATCH_COLUMNS,
@@ -124,7 +132,7 @@ _TRANSITION_SET = ", ".join(f"{column} = ?" for column in TRANSITION_COLUMNS)
 
 _RESULT_INSERT = (
     "INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,"
-    " reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, line_no) DO NOTHING"
+    " reasoning_tokens, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, line_no) DO NOTHING"
 )
 COUNTERS_ADD = (
     f"UPDATE batches SET {', '.join(f'{column} = {column} + ?' for column in COUNTERS)} WHERE id = ?"
@@ -175,7 +183,7 @@ def _list_files(
     conn: sqlite3.Connection, project: str, purpose: str | None, after: str | None, limit: int, order: Order
 ) -> Page[FileObject]:
     ascending = order == "asc"
-    clauses = ["project = ?"]
+    clauses = ["project = ?", VISIBLE_FILE]
     params: list[Any] = [project]
     if purpose is not None:
         clauses.append("purpose = ?")
@@ -221,7 +229,7 @@ def _get_batch(conn: sqlite3.Connection, batch_id: str, project: str | None) -> 
 def _list_batches(
     conn: sqlite3.Connection, project: str | None, after: str | None, limit: int
 ) -> Page[Batch]:
-    clauses, params = [], []
+    clauses, params = [VISIBLE_BATCH], []
     if project is not None:  # None: every project's
         clauses.append("project = ?")
         params.append(project)
@@ -259,7 +267,7 @@ def _count_batches(conn: sqlite3.Connection) -> dict[BatchStatus, int]:
     return {BatchStatus(status): count for status, count in rows}
 
 
-def _result_params(batch_id: str, row: ResultRow) -> tuple[object, ...]:
+def _result_params(batch_id: str, row: ResultRow, seq: int) -> tuple[object, ...]:
     usage = row.usage
     return (
         batch_id,
@@ -270,6 +278,7 @@ def _result_params(batch_id: str, row: ResultRow) -> tuple[object, ...]:
         usage.output_tokens,
         usage.cached_tokens,
         usage.reasoning_tokens,
+        seq,
     )
 
 
@@ -295,9 +304,11 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
     request re-run after a crash), that attempt is rolled back and the rows go one at a time.
     """
     with transaction(conn):
+        base = streaming.take_seqs(conn, batch_id, len(rows))  # numbered in the order they come
+        params = [_result_params(batch_id, row, base + n) for n, row in enumerate(rows, 1)]
         conn.execute("SAVEPOINT fast")
         before = conn.total_changes
-        conn.executemany(_RESULT_INSERT, [_result_params(batch_id, row) for row in rows])
+        conn.executemany(_RESULT_INSERT, params)
         if conn.total_changes - before == len(rows):
             conn.execute("RELEASE fast")
             _add_counters(conn, batch_id, rows)
@@ -306,9 +317,8 @@ def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[Resu
         conn.execute("ROLLBACK TO fast")
         conn.execute("RELEASE fast")
         execute = conn.execute
-        new_rows = [
-            row for row in rows if execute(_RESULT_INSERT, _result_params(batch_id, row)).rowcount == 1
-        ]
+        pairs = zip(rows, params, strict=True)
+        new_rows = [row for row, values in pairs if execute(_RESULT_INSERT, values).rowcount == 1]
         if new_rows:
             _add_counters(conn, batch_id, new_rows)
             stats.add_error_groups(conn, batch_id, new_rows)
@@ -456,12 +466,28 @@ class SqliteStore:
     async def count_batches(self) -> dict[BatchStatus, int]:
         return await self._call(_count_batches)
 
+    # -- background responses --------------------------------------------------------------------
+    async def add_background_response(
+        self, stored: StoredResponse, input_file: FileObject, hidden_files: Sequence[str]
+    ) -> None:
+        await self._call(background.add_background_response, stored, input_file, hidden_files)
+
+    async def get_background_response(self, batch_id: str, project: str) -> StoredResponse | None:
+        return await self._call(background.get_background_response, batch_id, project)
+
     # -- usage and budgets -----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         return await self._call(usage.usage_by_day, project, start, end)
 
     async def enqueued_tokens(self, project: str) -> int:
         return await self._call(usage.enqueued_tokens, project)
+
+    async def add_sync_usage(self, rows: Sequence[SyncUsage]) -> None:
+        if rows:
+            await self._call(sync_usage.add_sync_usage, rows)
+
+    async def sync_usage_by_day(self, project: str | None, start: int, end: int) -> list[SyncUsage]:
+        return await self._call(sync_usage.sync_usage_by_day, project, start, end)
 
     # -- the webhooks' outbox --------------------------------------------------------------------
     async def claim_deliveries(
@@ -580,3 +606,32 @@ class SqliteStore:
         if not wanted:
             return []
         return await self._call(_ended_batches_with_results, wanted, limit)
+
+    # -- results while a batch runs --------------------------------------------------------------
+    async def recorded_results(
+        self, batch_id: str, kinds: Collection[ResultKind], *, after_seq: int = 0, skip: int = 0, limit: int
+    ) -> list[tuple[int, bytes]]:
+        wanted = sorted({ResultKind(kind).value for kind in kinds})
+        if not wanted or limit <= 0:
+            return []
+        return await self._call(streaming.recorded_results, batch_id, wanted, after_seq, skip, limit)
+
+    async def claim_result_order(self, batch_id: str, order: ResultOrder) -> ResultOrder | None:
+        found = await self._call(streaming.claim_result_order, batch_id, ResultOrder(order).value)
+        return None if found is None else ResultOrder(found)
+
+    # -- Idempotency-Key -------------------------------------------------------------------------
+    async def remember_key(self, record: KeyRecord) -> KeyRecord:
+        return await self._call(streaming.remember_key, record)
+
+    async def get_key(self, project: str, key: str) -> KeyRecord | None:
+        return await self._call(streaming.get_key, project, key)
+
+    async def key_done(self, project: str, key: str, object_id: str, now: int) -> None:
+        await self._call(streaming.key_done, project, key, object_id, now)
+
+    async def forget_key(self, project: str, key: str, object_id: str) -> bool:
+        return await self._call(streaming.forget_key, project, key, object_id)
+
+    async def forget_keys_before(self, created_before: int) -> int:
+        return await self._call(streaming.forget_keys_before, created_before)

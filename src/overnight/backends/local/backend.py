@@ -11,11 +11,12 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from overnight.backends.base import Attempt
+from overnight.backends.base import Attempt, StreamAnswer
 from overnight.backends.local.base import LocalModel, error_answer
 
 log = logging.getLogger("overnight.local")
@@ -26,6 +27,20 @@ OWNED_BY = "overnight"
 KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")  # names a `model_aliases` entry may target
 
 _decoder = msgspec.json.Decoder()
+_NO_STREAM = error_answer(
+    400,
+    "The local models do not stream their answers: send this request without `stream`, or with "
+    "`stream: false`.",
+    param="stream",
+    code="unsupported_value",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    model: LocalModel
+    request: dict[str, Any]
+    name: str  # as asked for: the model's name or an alias
 
 
 def _new_request_id() -> str:
@@ -94,7 +109,15 @@ class LocalBackend:
         status, data = await self._answer(endpoint, body)
         return Attempt(status, data, request_id, should_retry=False if status >= 400 else None)
 
-    async def _answer(self, endpoint: str, body: bytes) -> tuple[int, bytes]:
+    async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
+        """The local models answer whole, never as a stream: a streamed request is refused with a 400
+        that says so (docs/local-models.md), after the checks every request gets."""
+        found = self._resolve(endpoint, body)
+        status, data = found if isinstance(found, tuple) else _NO_STREAM
+        return Attempt(status, data, _new_request_id(), should_retry=False)
+
+    def _resolve(self, endpoint: str, body: bytes) -> _Resolved | tuple[int, bytes]:
+        """The model, decoded request and name asked for, or the error answer when none serves it."""
         try:
             request = _decoder.decode(body)
         except msgspec.DecodeError:
@@ -122,6 +145,13 @@ class LocalBackend:
                 param="model",
                 code="unsupported_endpoint",
             )
+        return _Resolved(model, request, name)
+
+    async def _answer(self, endpoint: str, body: bytes) -> tuple[int, bytes]:
+        found = self._resolve(endpoint, body)
+        if isinstance(found, tuple):
+            return found
+        model, request, name = found.model, found.request, found.name
         try:
             return await model.handle(endpoint, request, name)
         except Exception:
