@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import asyncpg
 
@@ -48,7 +46,10 @@ from overnight.store import postgres_usage as usage_sql
 from overnight.store import schema
 from overnight.store import sync_usage_rows as sync_rows
 from overnight.store.background_sql import stored_from_row
-from overnight.store.base import ALL_LINES, LineRange, Order, StoreUnavailable
+from overnight.store.base import ALL_LINES, LineRange, Order
+from overnight.store.postgres_errors import PostgresUnavailable as PostgresUnavailable
+from overnight.store.postgres_errors import describe as describe
+from overnight.store.postgres_errors import unavailable
 from overnight.store.rows import (
     BATCH_COLUMNS,
     TRANSITION_COLUMNS,
@@ -74,61 +75,11 @@ SERVER_SETTINGS = {"application_name": "overnight", "jit": "off"}  # short state
 _TERMINAL = sorted(status.value for status in TERMINAL)
 
 
-class PostgresUnavailable(StoreUnavailable):
-    """The database could not be reached or refused the connection (the message names no password).
-    `transient` when it may answer later (refused, timed out, reset) rather than a setting being wrong
-    (a host that does not resolve, a bad password, a database that does not exist)."""
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-# -- the DSN, shown without its secrets --------------------------------------------------------------
-
-
-def describe(dsn: str) -> str:
-    """`postgresql://user@host:port/database`: the DSN without its password or any other parameter."""
-    try:
-        parts = urlsplit(dsn)
-        query = parse_qs(parts.query)
-        host = parts.hostname or ",".join(query.get("host", [])) or "localhost"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "postgresql://(unparsable DSN)"
-    user = f"{quote(unquote(parts.username))}@" if parts.username else ""
-    return f"{parts.scheme or 'postgresql'}://{user}{host}{port}{parts.path}"
-
-
-def _secrets_of(dsn: str) -> list[str]:
-    try:
-        parts = urlsplit(dsn)
-        found = [parts.password or "", *parse_qs(parts.query).get("password", [])]
-    except ValueError:
-        found = [dsn]
-    return [secret for text in found if text for secret in {text, quote(text), unquote(text)}]
-
-
-def _scrubbed(text: str, dsn: str) -> str:
-    for secret in sorted(_secrets_of(dsn), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _unavailable(dsn: str, exc: BaseException, *, transient: bool = False) -> PostgresUnavailable:
-    reason = _scrubbed(f"{type(exc).__name__}: {exc}", dsn)
-    transient = transient or (
-        isinstance(exc, OSError | TimeoutError) and not isinstance(exc, socket.gaierror)
-    )
-    transient = transient or isinstance(exc, asyncpg.CannotConnectNowError)  # the server is starting
-    return PostgresUnavailable(f"cannot use PostgreSQL at {describe(dsn)}: {reason}", transient=transient)
-
-
 async def _connect(dsn: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        raise _unavailable(dsn, exc) from None
+        raise unavailable(dsn, exc) from None
 
 
 # -- migrations ----------------------------------------------------------------------------------
@@ -251,7 +202,7 @@ class PostgresStore:
                 reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-            raise _unavailable(self._dsn, exc) from None
+            raise unavailable(self._dsn, exc) from None
         self._pool = pool
         log.info("PostgreSQL store open at %s", describe(self._dsn))
 
@@ -275,7 +226,7 @@ class PostgresStore:
         try:
             return await asyncio.shield(job)
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-            raise _unavailable(self._dsn, exc, transient=True) from None
+            raise unavailable(self._dsn, exc, transient=True) from None
 
     async def _execute(self, query: str, *args: Any) -> int:
         return _changed(await self._call(lambda pool: pool.execute(query, *args)))

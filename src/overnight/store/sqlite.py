@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -35,6 +35,7 @@ from overnight.store import schema
 from overnight.store import sqlite_background as background
 from overnight.store import sqlite_leases as leases
 from overnight.store import sqlite_outbox as outbox
+from overnight.store import sqlite_results as results
 from overnight.store import sqlite_shards as shards
 from overnight.store import sqlite_slots as slots
 from overnight.store import sqlite_stats as stats
@@ -45,13 +46,12 @@ from overnight.store.background_sql import VISIBLE_BATCH, VISIBLE_FILE
 from overnight.store.base import ALL_LINES, LineRange, Order
 from overnight.store.rows import (
     BATCH_COLUMNS,
-    COUNTERS,
     TRANSITION_COLUMNS,
     batch_from_row,
     batch_values,
     page,
 )
-from overnight.store.sqlite_tx import transaction
+from overnight.store.sqlite_tx import placeholders, transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -130,19 +130,6 @@ _BATCH_INSERT = (
 )
 _TRANSITION_SET = ", ".join(f"{column} = ?" for column in TRANSITION_COLUMNS)
 
-_RESULT_INSERT = (
-    "INSERT INTO results (batch_id, line_no, kind, line, input_tokens, output_tokens, cached_tokens,"
-    " reasoning_tokens, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, line_no) DO NOTHING"
-)
-COUNTERS_ADD = (
-    f"UPDATE batches SET {', '.join(f'{column} = {column} + ?' for column in COUNTERS)} WHERE id = ?"
-)
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join("?" * count)
-
-
 # -- the operations, each run on the store's thread ------------------------------------------------
 
 
@@ -151,7 +138,7 @@ def _add_file(conn: sqlite3.Connection, file: FileObject) -> None:
     updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "id")
     with transaction(conn):
         conn.execute(
-            f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({_placeholders(len(values))})"
+            f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({placeholders(len(values))})"
             f" ON CONFLICT (id) DO UPDATE SET {updates}",
             values,
         )
@@ -208,7 +195,7 @@ def _files_expired_before(conn: sqlite3.Connection, now: int, limit: int) -> lis
 
 def _file_in_use(conn: sqlite3.Connection, file_id: str) -> bool:
     terminal = sorted(status.value for status in TERMINAL)
-    live = f"status NOT IN ({_placeholders(len(terminal))})"
+    live = f"status NOT IN ({placeholders(len(terminal))})"
     sql = f"SELECT 1 FROM batches WHERE input_file_id = ? AND {live} LIMIT 1"
     return conn.execute(sql, (file_id, *terminal)).fetchone() is not None
 
@@ -244,19 +231,19 @@ def _list_batches(
 
 def _transition_batch(conn: sqlite3.Connection, batch: Batch, expected: list[str]) -> bool:
     values = batch_values(batch)
-    sql = f"UPDATE batches SET {_TRANSITION_SET} WHERE id = ? AND status IN ({_placeholders(len(expected))})"
+    sql = f"UPDATE batches SET {_TRANSITION_SET} WHERE id = ? AND status IN ({placeholders(len(expected))})"
     params = (*(values[column] for column in TRANSITION_COLUMNS), batch.id, *expected)
     return conn.execute(sql, params).rowcount > 0
 
 
 def _batches_in(conn: sqlite3.Connection, statuses: list[str]) -> list[Batch]:
-    sql = f"{_BATCH_SELECT} WHERE status IN ({_placeholders(len(statuses))}) ORDER BY id"
+    sql = f"{_BATCH_SELECT} WHERE status IN ({placeholders(len(statuses))}) ORDER BY id"
     return [batch_from_row(row) for row in conn.execute(sql, statuses)]
 
 
 def _ended_batches_with_results(conn: sqlite3.Connection, statuses: list[str], limit: int) -> list[str]:
     sql = (
-        f"SELECT id FROM batches WHERE status IN ({_placeholders(len(statuses))})"
+        f"SELECT id FROM batches WHERE status IN ({placeholders(len(statuses))})"
         " AND EXISTS (SELECT 1 FROM results WHERE results.batch_id = batches.id) ORDER BY id LIMIT ?"
     )
     return [batch_id for (batch_id,) in conn.execute(sql, (*statuses, limit))]
@@ -265,92 +252,6 @@ def _ended_batches_with_results(conn: sqlite3.Connection, statuses: list[str], l
 def _count_batches(conn: sqlite3.Connection) -> dict[BatchStatus, int]:
     rows = conn.execute("SELECT status, count(*) FROM batches GROUP BY status")
     return {BatchStatus(status): count for status, count in rows}
-
-
-def _result_params(batch_id: str, row: ResultRow, seq: int) -> tuple[object, ...]:
-    usage = row.usage
-    return (
-        batch_id,
-        row.line_no,
-        row.kind.value,
-        row.line,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cached_tokens,
-        usage.reasoning_tokens,
-        seq,
-    )
-
-
-def _add_counters(conn: sqlite3.Connection, batch_id: str, new_rows: Iterable[ResultRow]) -> None:
-    completed = failed = input_tokens = output_tokens = cached_tokens = reasoning_tokens = 0
-    for row in new_rows:
-        completed += row.kind is ResultKind.SUCCEEDED
-        failed += row.kind is ResultKind.FAILED
-        usage = row.usage
-        input_tokens += usage.input_tokens
-        output_tokens += usage.output_tokens
-        cached_tokens += usage.cached_tokens
-        reasoning_tokens += usage.reasoning_tokens
-    counters = (completed, failed, input_tokens, output_tokens, cached_tokens, reasoning_tokens)
-    conn.execute(COUNTERS_ADD, (*counters, batch_id))
-
-
-def _record_results(conn: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> int:
-    """Insert the rows of lines without a result and count only those (in the batch's counters and
-    its error groups).
-
-    Usually every row is new: one executemany does it. When some line already had a result (a
-    request re-run after a crash), that attempt is rolled back and the rows go one at a time.
-    """
-    with transaction(conn):
-        base = streaming.take_seqs(conn, batch_id, len(rows))  # numbered in the order they come
-        params = [_result_params(batch_id, row, base + n) for n, row in enumerate(rows, 1)]
-        conn.execute("SAVEPOINT fast")
-        before = conn.total_changes
-        conn.executemany(_RESULT_INSERT, params)
-        if conn.total_changes - before == len(rows):
-            conn.execute("RELEASE fast")
-            _add_counters(conn, batch_id, rows)
-            stats.add_error_groups(conn, batch_id, rows)
-            return len(rows)
-        conn.execute("ROLLBACK TO fast")
-        conn.execute("RELEASE fast")
-        execute = conn.execute
-        pairs = zip(rows, params, strict=True)
-        new_rows = [row for row, values in pairs if execute(_RESULT_INSERT, values).rowcount == 1]
-        if new_rows:
-            _add_counters(conn, batch_id, new_rows)
-            stats.add_error_groups(conn, batch_id, new_rows)
-        return len(new_rows)
-
-
-def _finished_lines(conn: sqlite3.Connection, batch_id: str, lines: LineRange) -> set[int]:
-    sql = "SELECT line_no FROM results WHERE batch_id = ? AND line_no >= ? AND line_no < ?"
-    return {line_no for (line_no,) in conn.execute(sql, (batch_id, *lines))}
-
-
-def _lines_page(
-    conn: sqlite3.Connection, batch_id: str, kinds: list[str], after_line: int, end_line: int, limit: int
-) -> tuple[int, int, bytes]:
-    """(rows read, last line number, their lines joined with a newline after each)."""
-    sql = (
-        f"SELECT line_no, line FROM results WHERE batch_id = ? AND line_no > ? AND line_no < ?"
-        f" AND kind IN ({_placeholders(len(kinds))}) ORDER BY line_no LIMIT ?"
-    )
-    rows = conn.execute(sql, (batch_id, after_line, end_line, *kinds, limit)).fetchall()
-    if not rows:
-        return 0, after_line, b""
-    return len(rows), rows[-1][0], b"\n".join([line for _, line in rows]) + b"\n"
-
-
-def _delete_some_results(conn: sqlite3.Connection, batch_id: str, limit: int) -> int:
-    cursor = conn.execute(
-        "DELETE FROM results WHERE batch_id = ? AND line_no IN"
-        " (SELECT line_no FROM results WHERE batch_id = ? ORDER BY line_no LIMIT ?)",
-        (batch_id, batch_id, limit),
-    )
-    return cursor.rowcount
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -576,10 +477,10 @@ class SqliteStore:
     async def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         if not rows:
             return 0
-        return await self._call(_record_results, batch_id, rows)
+        return await self._call(results.record_results, batch_id, rows)
 
     async def finished_lines(self, batch_id: str, lines: LineRange = ALL_LINES) -> set[int]:
-        return await self._call(_finished_lines, batch_id, lines)
+        return await self._call(results.finished_lines, batch_id, lines)
 
     async def result_lines(
         self, batch_id: str, kinds: Collection[ResultKind], lines: LineRange = ALL_LINES
@@ -590,7 +491,7 @@ class SqliteStore:
         after_line, end_line = lines[0] - 1, lines[1]
         while True:
             count, after_line, chunk = await self._call(
-                _lines_page, batch_id, wanted, after_line, end_line, RESULTS_PAGE
+                results.lines_page, batch_id, wanted, after_line, end_line, RESULTS_PAGE
             )
             if chunk:
                 yield chunk
@@ -598,7 +499,7 @@ class SqliteStore:
                 return
 
     async def delete_results(self, batch_id: str) -> None:
-        while await self._call(_delete_some_results, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
+        while await self._call(results.delete_some_results, batch_id, DELETE_CHUNK) == DELETE_CHUNK:
             pass
 
     async def ended_batches_with_results(self, statuses: Collection[BatchStatus], limit: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""The one way the SQLite store writes several statements atomically."""
+"""The one way the SQLite store writes several statements atomically, and its `?` lists."""
 
 from __future__ import annotations
 
@@ -18,3 +18,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def placeholders(count: int) -> str:
+    """`?, ?, ...`: `count` parameters for an IN list or a VALUES row."""
+    return ", ".join("?" * count)
