@@ -98,7 +98,7 @@ async def versions_of(dsn: str) -> list[int]:
 
 
 async def test_migrate_applies_every_version_once(empty_dsn: str) -> None:
-    assert VERSIONS == list(range(1, len(VERSIONS) + 1))  # numbered 1, 2, ... with no gap
+    assert list(range(1, len(VERSIONS) + 1)) == VERSIONS  # numbered 1, 2, ... with no gap
     assert await migrate(empty_dsn) == VERSIONS
     assert await migrate(empty_dsn) == []
     assert await versions_of(empty_dsn) == VERSIONS
