@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from overnight import config_values as plain
+from overnight.backends.load import LOAD_KINDS
 from overnight.config_prices import parse_optional_budget, parse_prices, parse_token_budgets
 from overnight.config_values import ConfigError as ConfigError  # what callers catch
 from overnight.config_webhooks import WebhookConfig, parse_webhooks, read_webhook_secrets
@@ -35,6 +36,8 @@ class BackendConfig:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     forward_service_tier: bool = False  # synchronous requests keep their `service_tier` (docs/sync.md)
+    load_metrics_url: str | None = None  # the server's Prometheus /metrics (docs/load-signal.md)
+    load_metrics_kind: str = "auto"  # which server's metric names: auto, vllm, sglang, llamacpp
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +187,8 @@ class Settings:
         metadata=_help(
             "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
             "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`, "
-            "`forward_service_tier`). Config file only."
+            "`forward_service_tier`, `load_metrics_url`, `load_metrics_kind`: docs/load-signal.md). "
+            "Config file only."
         ),
     )
     local_models: bool = field(
@@ -384,6 +388,14 @@ def _aliases(name: str, value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _load_metrics_kind(name: str, value: Any) -> str:
+    if value is None:
+        return "auto"
+    if value not in LOAD_KINDS:
+        raise ConfigError(f"setting '{name}': expected one of {', '.join(LOAD_KINDS)}, got {value!r}")
+    return str(value)
+
+
 def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"setting '{name}': expected [[backends]] tables")
@@ -410,6 +422,10 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
             ),
             forward_service_tier=plain.boolean(
                 f"{where}.forward_service_tier", entry.get("forward_service_tier", False)
+            ),
+            load_metrics_url=plain.optional_url(f"{where}.load_metrics_url", entry.get("load_metrics_url")),
+            load_metrics_kind=_load_metrics_kind(
+                f"{where}.load_metrics_kind", entry.get("load_metrics_kind")
             ),
         )
         if any(b.name == backend.name for b in backends):

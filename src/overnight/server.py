@@ -134,6 +134,8 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
             tasks = [asyncio.create_task(runtime.engine.run()), asyncio.create_task(_sweep_files(runtime))]
             if runtime.webhooks is not None:  # delivered wherever batches end
                 tasks.append(asyncio.create_task(runtime.webhooks.run()))
+            if runtime.load is not None:  # the backends' load signals (docs/load-signal.md)
+                tasks.append(asyncio.create_task(runtime.load.run()))
         try:
             await _wait_for_signal()
             log.info("shutting down")

@@ -25,6 +25,7 @@ from overnight.domain.ids import IdGenerator
 from overnight.domain.pricing import PriceTable
 from overnight.domain.tokens import TokenBudgets
 from overnight.engine.feed import RateLimits
+from overnight.engine.load_signals import LoadPoller, LoadSignals, LoadSource
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.worker import Engine, EngineSettings, new_worker_id
@@ -276,6 +277,7 @@ class Runtime:
     retries: RetryService | None = None  # POST /v1/batches/{id}/retry
     idempotency: IdempotentCreates | None = None  # its keys are swept where the engine runs
     sync: SyncService | None = None  # the synchronous endpoints (docs/sync.md)
+    load: LoadSignals | None = None  # backends' load_metrics_url, read where the engine runs
 
     async def close(self) -> None:
         await self.router.close()
@@ -411,6 +413,8 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
         webhooks=webhooks,
     )
     runtime.sync = build_sync(settings, store, engine, router, clock)
+    runtime.load = build_load_signals(settings)
+    engine.metrics.gauges.append(runtime.load.render)
     runtime.background = BackgroundResponses(
         store,
         blobs,
@@ -427,6 +431,15 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
     runtime.partial = PartialResults(store, runtime.files, early_result_file_ids=early)
     runtime.retries = RetryService(store, blobs, ids, clock, runtime.batches, runtime.idempotency)
     return runtime
+
+
+def build_load_signals(settings: Settings) -> LoadSignals:
+    sources = [
+        LoadSource(b.name, b.load_metrics_url, b.load_metrics_kind)
+        for b in settings.backends
+        if b.load_metrics_url is not None
+    ]
+    return LoadSignals([LoadPoller(source) for source in sources])
 
 
 def service_tier_keeper(settings: Settings, router: Router) -> Callable[[str], bool]:
