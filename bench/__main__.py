@@ -23,6 +23,7 @@ from . import (
     latency,
     pgdriver_dispatch,
     scaleout,
+    shared,
     soak,
     stall,
     sync,
@@ -46,6 +47,7 @@ SCENARIOS = (
     "webhooks",
     "dashboard",
     "sync",
+    "shared",
 )
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
@@ -104,6 +106,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "webhooks": lambda: webhooks.run(work, 200 if quick else 2_000),
         "dashboard": lambda: dashboard.run(work, 200 if quick else 2_000, 50 if quick else 200),
         "sync": lambda: sync.run(work, 100 if quick else 400, 800 if quick else 4_000),
+        "shared": lambda: shared.run(work, 4.0 if quick else 20.0, 1_500 if quick else 6_000),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

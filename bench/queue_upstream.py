@@ -1,0 +1,180 @@
+"""A simulated model server that queues instead of refusing, as vLLM, SGLang, llama.cpp and TGI do.
+
+`slots` requests are served in parallel, each taking `service_ms`; any more wait in one FIFO queue (no 429,
+ever). It answers `POST /v1/chat/completions` with a small completion and its usage, and exposes vLLM's
+`/metrics` names (`vllm:num_requests_waiting`, `vllm:num_requests_running`) for a load signal to read.
+`GET /_stats` counts the requests served, split by the `X-Bench-Online` header the online client sends.
+
+As a subprocess: ``python -m bench.queue_upstream --port 0 --slots 16 --service-ms 40`` prints
+``READY <base_url>`` once listening and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from support.server import http_json, stop_process
+
+from .procs import REPO
+
+ONLINE_HEADER = "X-Bench-Online"
+
+
+@dataclass
+class _State:
+    slots: asyncio.Semaphore
+    service_s: float
+    waiting: int = 0
+    running: int = 0
+    served_online: int = 0
+    served_batch: int = 0
+
+
+_STATE = web.AppKey("state", _State)
+
+
+def _answer(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    return {
+        "id": f"chatcmpl-sim-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "sim-chat"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
+    }
+
+
+async def _chat(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    body = await request.json()
+    state.waiting += 1
+    try:
+        await state.slots.acquire()  # asyncio.Semaphore wakes its waiters first come, first served
+    finally:
+        state.waiting -= 1
+    state.running += 1
+    try:
+        await asyncio.sleep(state.service_s)
+    finally:
+        state.running -= 1
+        state.slots.release()
+    if request.headers.get(ONLINE_HEADER):
+        state.served_online += 1
+    else:
+        state.served_batch += 1
+    return web.json_response(_answer(body))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    text = (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{model_name="sim-chat"}} {float(state.running)}\n'
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f'vllm:num_requests_waiting{{model_name="sim-chat"}} {float(state.waiting)}\n'
+    )
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    return web.json_response(
+        {
+            "served_online": state.served_online,
+            "served_batch": state.served_batch,
+            "waiting": state.waiting,
+            "running": state.running,
+        }
+    )
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(slots: int, service_ms: float) -> web.Application:
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[_STATE] = _State(asyncio.Semaphore(slots), service_ms / 1000)
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/_stats", _stats)
+    app.router.add_get("/health", _health)
+    return app
+
+
+async def _serve(port: int, slots: int, service_ms: float) -> None:
+    runner = web.AppRunner(build_app(slots, service_ms), access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    site = web.SockSite(runner, sock, backlog=1024)
+    await site.start()
+    print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+class QueueUpstream:
+    """This module as a subprocess (its own CPU, like the other benches' upstreams)."""
+
+    def __init__(self, slots: int, service_ms: float) -> None:
+        command = [sys.executable, "-m", "bench.queue_upstream", "--port", "0"]
+        command += ["--slots", str(slots), "--service-ms", str(service_ms)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"queue upstream failed to start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]  # ends in /v1
+        self.root = self.base_url.removesuffix("/v1")
+        self.slots, self.service_ms = slots, service_ms
+
+    @property
+    def capacity_rps(self) -> float:
+        return self.slots * 1000 / self.service_ms
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = http_json("GET", f"{self.root}/_stats", timeout=30.0)
+        return result
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10)
+
+    def __enter__(self) -> QueueUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.queue_upstream", description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--service-ms", type=float, default=40.0)
+    args = parser.parse_args()
+    uvloop.run(_serve(args.port, args.slots, args.service_ms))
+
+
+if __name__ == "__main__":
+    main()
