@@ -389,12 +389,13 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
     if webhooks is not None:
         engine.metrics.gauges.append(webhooks.metrics.render)
     await router.start()
+    idempotency = IdempotentCreates(store, clock)  # one for every create that takes a key
     runtime = Runtime(
         settings=settings,
         store=store,
         blobs=blobs,
         router=router,
-        files=FilesService(store, blobs, ids, clock, probe),
+        files=FilesService(store, blobs, ids, clock, probe, idempotency),
         batches=BatchesService(
             store,
             ids,
@@ -404,6 +405,7 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
             blobs=blobs,
             budgets=TokenBudgets(dict(settings.token_budgets), settings.default_token_budget),
             subscriptions=webhook_subscriptions(settings.webhooks),
+            idempotency=idempotency,
         ),
         models=ModelsService(router.backends, router.backend_for, clock),
         engine=engine,
@@ -426,7 +428,7 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
         window=settings.background_completion_window,
         keeps_service_tier=service_tier_keeper(settings, router),
     )
-    runtime.idempotency = IdempotentCreates(store, clock)
+    runtime.idempotency = idempotency
     early = settings.early_result_file_ids
     runtime.partial = PartialResults(store, runtime.files, early_result_file_ids=early)
     runtime.retries = RetryService(store, blobs, ids, clock, runtime.batches, runtime.idempotency)
