@@ -21,6 +21,7 @@ from overnight.store.base import MetadataStore
 from overnight.store.postgres import PostgresStore
 from overnight.store.sqlite import SqliteStore
 from support import postgres
+from support.backend_harness import fake, harness, run_with  # noqa: F401  (fixtures for test_backend*)
 from support.seaweed import SeaweedS3
 
 StoreFactory = Callable[[], MetadataStore]
