@@ -46,7 +46,7 @@ def wait_for_status(page: Page, *shown: str) -> None:
 @pytest.fixture(scope="module")
 def done_batch(site: Site) -> Batch:
     """A finished batch of project team-a."""
-    batch = start(site, KEY_A, [chat_line("d1"), chat_line("d2")])
+    batch = start(site, KEY_A, [chat_line("secret-done-1"), chat_line("secret-done-2")])
     finished = wait_for(site.client(KEY_A), batch.id)
     assert finished.status == "completed"
     return finished
@@ -70,7 +70,7 @@ def test_without_a_key_only_the_sign_in_form_shows(page: Page, site: Site, done_
         answer = page.request.get(site.root + path)
         assert answer.status == 401, path
         assert b"slow-" not in answer.body()
-        assert b"d1" not in answer.body()
+        assert b"secret-done-" not in answer.body()
         assert done_batch.id.encode() not in answer.body()
 
     page.goto(site.root + "/")
@@ -122,7 +122,7 @@ def test_a_key_of_another_project_sees_nothing_of_this_one(page: Page, site: Sit
         page.request.post(f"{site.root}/ui/batches/{done_batch.id}/cancel", headers={"Origin": site.root}),
     ):
         assert answer.status == 404
-        assert b"d1" not in answer.body()
+        assert b"secret-done-" not in answer.body()
     listing = page.request.get(f"{site.root}/ui/fragments/batches")
     assert listing.status == 200
     assert done_batch.id.encode() not in listing.body()
