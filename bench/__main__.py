@@ -21,7 +21,9 @@ from . import (
     embeddings,
     ingest,
     latency,
+    load,
     pgdriver_dispatch,
+    prefix,
     scaleout,
     shared,
     soak,
@@ -48,6 +50,8 @@ SCENARIOS = (
     "dashboard",
     "sync",
     "shared",
+    "load",
+    "prefix",
 )
 EXTRA_SCENARIOS = ("soak",)  # run only when named with --only (make soak)
 MB = 1_000_000
@@ -63,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--requests",
         type=int,
-        help="requests per batch for dispatch, latency, crash, scaleout, cluster_crash; per worker: workers",
+        help="requests per batch for dispatch, latency, crash, scaleout, cluster_crash, load; "
+        "per worker: workers",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the harness")
     parser.add_argument("--seed", type=int, default=20261126, help="random kill moments of the soak scenario")
@@ -107,6 +112,8 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "dashboard": lambda: dashboard.run(work, 200 if quick else 2_000, 50 if quick else 200),
         "sync": lambda: sync.run(work, 100 if quick else 400, 800 if quick else 4_000),
         "shared": lambda: shared.run(work, 4.0 if quick else 20.0, 1_500 if quick else 6_000),
+        "load": lambda: load.run(work, args.requests or (2_000 if quick else 50_000)),
+        "prefix": lambda: prefix.run(work, quick),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),
     }
 

@@ -6,12 +6,12 @@ half its capacity straight to it (not through Overnight), timing each request. M
 
 (a) online p50/p99 with no batch: the baseline;
 (b) the same online traffic while a big batch runs through `overnight serve` on today's backend
-    (`max_concurrency` 128, which fills the upstream's queue): its p50/p99 over (a), shown for contrast;
-(c) the batch's throughput during (b), from the upstream's own counts over the last three quarters of
-    the online window, over the capacity the online traffic leaves idle (SLOTS / SERVICE_MS minus the
-    online rate it served over the same span).
-
-The goals the issue sets for the background mode are printed as "not built yet" rows, not verdicts.
+    (`max_concurrency` 128, which fills the upstream's queue): its p50/p99 over (a), and the batch's
+    throughput over the capacity the online traffic leaves idle, shown for contrast;
+(c), (d) the same on a `traffic = "background"` backend, with the upstream's load signal and with the
+    delay signal alone: online p99 over (a) (goal <= 1.2) and batch throughput over idle capacity (goal
+    >= 0.85), from the upstream's own counts (bench/shared_background.py);
+(e) the background window's step response as online traffic starts and stops.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .client import Api, session
 from .procs import CpuMeter, Overnight
 from .queue_upstream import ONLINE_HEADER, QueueUpstream
 from .report import Section, cores, ms, rate, ratio
+from .shared_background import SETTLE_S, TARGET_QUEUE_DELAY_MS, measured_background, step_response
 
 SLOTS = 16
 SERVICE_MS = 40.0
@@ -59,20 +60,23 @@ def _summary(seconds: list[float], window_s: float) -> dict[str, float]:
     }
 
 
-async def _online(url: str, rps: float, duration_s: float, seed: int) -> list[float]:
+async def _online(
+    url: str, rps: float, duration_s: float, seed: int, count_from_s: float = 0.0
+) -> list[float]:
     """Open-loop Poisson arrivals at `rps` for `duration_s`, each request on its own task; latencies in
-    seconds, from sending to the last byte of the answer."""
+    seconds, from sending to the last byte of the answer, of the requests sent from `count_from_s` on."""
     arrivals = random.Random(seed)
     headers = {"Content-Type": "application/json", ONLINE_HEADER: "1"}
     latencies: list[float] = []
 
-    async def one(http: aiohttp.ClientSession, index: int) -> None:
+    async def one(http: aiohttp.ClientSession, index: int, counted: bool) -> None:
         started = time.perf_counter()
         async with http.post(url, data=_body(index), headers=headers) as answer:
             await answer.read()
             if answer.status != 200:
                 raise RuntimeError(f"{url} answered {answer.status}")
-        latencies.append(time.perf_counter() - started)
+        if counted:
+            latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
@@ -83,7 +87,7 @@ async def _online(url: str, rps: float, duration_s: float, seed: int) -> list[fl
             delay = start + due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(http, len(tasks))))
+            tasks.append(asyncio.create_task(one(http, len(tasks), due >= count_from_s)))
             due += arrivals.expovariate(rps)
         await asyncio.gather(*tasks)
     return latencies
@@ -101,6 +105,19 @@ async def _steady_counts(root: str, duration_s: float) -> dict[str, float]:
     await asyncio.sleep(duration_s * STEADY_FROM)
     before, started = await _served(root), time.perf_counter()
     await asyncio.sleep(duration_s * (1 - STEADY_FROM))
+    after, span = await _served(root), time.perf_counter() - started
+    return {
+        "online_served_rps": (after["served_online"] - before["served_online"]) / span,
+        "batch_served_rps": (after["served_batch"] - before["served_batch"]) / span,
+        "steady_s": span,
+    }
+
+
+async def _served_from(root: str, from_s: float, duration_s: float) -> dict[str, float]:
+    """As `_steady_counts`, over `duration_s` from `from_s` on (the background phases: already steady)."""
+    await asyncio.sleep(from_s)
+    before, started = await _served(root), time.perf_counter()
+    await asyncio.sleep(duration_s)
     after, span = await _served(root), time.perf_counter() - started
     return {
         "online_served_rps": (after["served_online"] - before["served_online"]) / span,
@@ -155,7 +172,7 @@ async def _with_batch(
 
 
 async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
-    section = Section("shared", "A model server shared with online traffic (issue 12): today's behaviour")
+    section = Section("shared", "A model server shared with online traffic (issue 12)")
     with QueueUpstream(SLOTS, SERVICE_MS) as upstream:
         capacity = upstream.capacity_rps
         rps = capacity * ONLINE_SHARE
@@ -164,12 +181,39 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
         watch = {"upstream": [upstream.process.pid]}
         idle = await _measured(upstream, url, rps, duration_s, watch)
         loaded = await _with_batch(work, upstream, url, rps, duration_s, batch_lines)
+
+        async def online(span_s: float, count_from_s: float) -> dict[str, float]:
+            latencies = await _online(url, rps, span_s, SEED, count_from_s)
+            return _summary(latencies, span_s - count_from_s)
+
+        async def counts(from_s: float, span_s: float) -> dict[str, float]:
+            return await _served_from(upstream.root, from_s, span_s)
+
+        big_lines = batch_lines * 4 // 3  # (c), (d): it runs through settling and measuring, then ends
+        big = _batch_file(work / "shared-background.jsonl", big_lines)
+        background = {
+            label: await measured_background(
+                work,
+                f"shared-{label}",
+                upstream,
+                label == "load",
+                big,
+                big_lines,
+                online,
+                counts,
+                duration_s,
+            )
+            for label in ("load", "delay")
+        }
+        longest = _batch_file(work / "shared-step.jsonl", batch_lines * 2)  # (e): cut off at the end
+        step = await step_response(work, upstream, longest, online, with_load=True)
     idle_capacity = capacity - loaded["online_served_rps"]
     p50_x, p99_x = loaded["p50_ms"] / idle["p50_ms"], loaded["p99_ms"] / idle["p99_ms"]
     share = loaded["batch_served_rps"] / idle_capacity
     section.data.update(
         {"capacity_rps": capacity, "online_rps": rps, "idle": idle, "dedicated": loaded,
-         "idle_capacity_rps": idle_capacity, "p99_ratio": p99_x, "throughput_share": share}
+         "idle_capacity_rps": idle_capacity, "p99_ratio": p99_x, "throughput_share": share,
+         "background": background, "step": step}
     )  # fmt: skip
     section.add("(a) online p50 / p99, no batch (baseline)", f"{ms(idle['p50_ms'])} / {ms(idle['p99_ms'])}")
     section.add(
@@ -179,36 +223,82 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
     section.add("(b) / (a): online p50", ratio(p50_x))
     section.add("(b) / (a): online p99", ratio(p99_x), "shown for contrast")
     section.add(
-        "(c) batch throughput during (b) / idle capacity",
+        "(b) batch throughput / idle capacity",
         f"{rate(loaded['batch_served_rps'])} / {rate(idle_capacity)} = {ratio(share)}",
         "shown for contrast",
     )
-    section.add(
-        "batch still running while measured; then ended",
-        f"{loaded['batch_still_running_after']}; {loaded['batch_status']} "
-        f"{loaded['batch_completed']}/{loaded['batch_lines']}",
-        "True; completed",
-        passed=loaded["batch_still_running_after"]
-        and loaded["batch_status"] == "completed"
-        and loaded["batch_completed"] == loaded["batch_lines"],
-    )
-    section.add("background backend: online p99 / (a)", "not built yet", f"<= {GOAL_P99}x (issue 12)")
-    section.add(
-        "background backend: batch throughput / idle capacity", "not built yet", f">= {GOAL_THROUGHPUT}"
-    )
+    _ended_row(section, "(b)", loaded)
+    for label, name in (("load", "(c) background, load signal"), ("delay", "(d) background, delay signal")):
+        _background_rows(section, name, background[label], idle, capacity)
+    _step_rows(section, step)
     section.notes.append(
         f"upstream: {SLOTS} slots x {SERVICE_MS:.0f} ms, FIFO queue, no 429 = {rate(capacity)}; online "
         f"Poisson at {rate(rps)} for {duration_s:.0f} s each (sent {idle['sent_rps']:.0f} / "
-        f"{loaded['sent_rps']:.0f} req/s), straight to the upstream; batch {batch_lines} lines; idle "
-        f"capacity = capacity - online served in (b) ({loaded['online_served_rps']:.0f} req/s), both counted "
-        f"by the upstream over the window's last {1 - STEADY_FROM:.0%}; in (a) it served "
-        f"{idle['online_served_rps']:.0f} online req/s"
+        f"{loaded['sent_rps']:.0f} req/s), straight to the upstream; batch {batch_lines} lines ((b)) and "
+        f"{batch_lines * 4 // 3} ((c), (d)), {batch_lines * 2} ((e), cut off); idle capacity = capacity - "
+        f"online served in the same phase, both counted by the upstream (in (b) over the window's last "
+        f"{1 - STEADY_FROM:.0%}); in (a) it "
+        f"served {idle['online_served_rps']:.0f} online req/s"
+    )
+    section.notes.append(
+        f'(c), (d): traffic = "background", target_queue_delay_ms = {TARGET_QUEUE_DELAY_MS:g} (the simulated '
+        f"request takes {SERVICE_MS:.0f} ms), max_concurrency {MAX_CONCURRENCY}; online traffic starts with "
+        f"the batch, measured after {SETTLE_S:.0f} s; (c) has load_metrics_url on the upstream's /metrics, "
+        "(d) none; (e) runs as (c)"
     )
     served = loaded["online_served_rps"] + loaded["batch_served_rps"]
     section.notes.append(
         f"the upstream served {served:.0f} req/s in all during (b), against its nominal {capacity:.0f}: each "
-        "slot's timer overshoots a little, which (c) counts against the batch"
+        "slot's timer overshoots a little, which the throughput ratios count against the batch"
     )
     section.notes.append(f"cores (a): {cores(idle['cores'])}")
     section.notes.append(f"cores (b): {cores(loaded['cores'])}")
+    for label in ("load", "delay"):
+        section.notes.append(
+            f"cores ({'c' if label == 'load' else 'd'}): {cores(background[label]['cores'])}"
+        )
     return section
+
+
+def _ended_row(section: Section, name: str, found: dict[str, Any]) -> None:
+    section.add(
+        f"{name} batch still running while measured; then ended",
+        f"{found['batch_still_running_after']}; {found['batch_status']} "
+        f"{found['batch_completed']}/{found['batch_lines']}",
+        "True; completed",
+        passed=found["batch_still_running_after"]
+        and found["batch_status"] == "completed"
+        and found["batch_completed"] == found["batch_lines"],
+    )
+
+
+def _background_rows(
+    section: Section, name: str, found: dict[str, Any], idle: dict[str, Any], capacity: float
+) -> None:
+    idle_capacity = capacity - found["online_served_rps"]
+    p99_x = found["p99_ms"] / idle["p99_ms"]
+    share = found["batch_served_rps"] / idle_capacity
+    found.update({"p99_ratio": p99_x, "throughput_share": share, "idle_capacity_rps": idle_capacity})
+    section.add(f"{name}: online p50 / p99", f"{ms(found['p50_ms'])} / {ms(found['p99_ms'])}")
+    section.add(f"{name}: online p99 / (a)", ratio(p99_x), f"<= {GOAL_P99}", passed=p99_x <= GOAL_P99)
+    section.add(
+        f"{name}: batch throughput / idle capacity",
+        f"{rate(found['batch_served_rps'])} / {rate(idle_capacity)} = {ratio(share)}",
+        f">= {GOAL_THROUGHPUT}",
+        passed=share >= GOAL_THROUGHPUT,
+    )
+    low, high = found["window_range"] or (0, 0)
+    section.add(f"{name}: window median (range)", f"{found['window_median']} ({low:g}-{high:g})")
+    _ended_row(section, name, found)
+
+
+def _step_rows(section: Section, step: dict[str, Any]) -> None:
+    levels = f"{step['idle_window']} -> {step['loaded_window']} -> {step['back_window']}"
+    section.add("(e) step: window alone -> online 50% -> alone (medians)", levels)
+    shrink, grow = step["shrink_s"], step["grow_s"]
+    section.add(
+        "(e) step: seconds to settle after online starts / stops",
+        f"{'n/a' if shrink is None else f'{shrink:.1f}'} / {'n/a' if grow is None else f'{grow:.1f}'}",
+        "within seconds",
+        passed=shrink is not None and grow is not None and shrink <= 10 and grow <= 10,
+    )

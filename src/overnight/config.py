@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from overnight import config_traffic as sharing
 from overnight import config_values as plain
 from overnight.backends.load import LOAD_KINDS
+from overnight.config_limits import parse_optional_quota, parse_storage_quotas
 from overnight.config_prices import parse_optional_budget, parse_prices, parse_token_budgets
+from overnight.config_traffic import DEFAULT_TARGET_QUEUE_DELAY_MS
 from overnight.config_values import ConfigError as ConfigError  # what callers catch
 from overnight.config_webhooks import WebhookConfig, parse_webhooks, read_webhook_secrets
 from overnight.domain.limits import parse_window
@@ -38,6 +41,12 @@ class BackendConfig:
     forward_service_tier: bool = False  # synchronous requests keep their `service_tier` (docs/sync.md)
     load_metrics_url: str | None = None  # the server's Prometheus /metrics (docs/load-signal.md)
     load_metrics_kind: str = "auto"  # which server's metric names: auto, vllm, sglang, llamacpp
+    traffic: str = "dedicated"  # or "background": share the server (docs/background-traffic.md)
+    target_queue_delay_ms: float = DEFAULT_TARGET_QUEUE_DELAY_MS  # background: queueing it may add
+    priority: int | None = None  # vLLM's request `priority` sent with every batch line (None: not sent)
+    prefix_ordering: bool = False  # requests sharing a long prefix go together (docs/prefix-ordering.md)
+    prefix_lookahead: int = 4096  # requests each running shard reads ahead to reorder
+    prefix_lookahead_mb: int = 16  # and at most this many MB of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +109,19 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = field(
         default=(),
         metadata=_help(
-            "Accepted API keys and the project each belongs to. Empty: any bearer token is accepted "
-            "(local development). Environment form: `key1=project1,key2=project2`; file form: "
+            "API keys accepted beside those `overnight keys create` stores (docs/auth.md), and the project "
+            "each belongs to. None here and none stored: any bearer token is accepted (local development). "
+            "Environment form: `key1=project1,key2=project2`; file form: "
             "`[[api_keys]]` tables with `key`, `project` and optionally `admin = true` (an admin key "
-            "sees every project on the dashboard and in the costs)."
+            "sees every project on the API, the dashboard and in the costs)."
+        ),
+    )
+    allow_unauthenticated: bool = field(
+        default=False,
+        metadata=_help(
+            "Serve on a non-loopback `host` even with no API keys (none in `api_keys`, none made by "
+            "`overnight keys create`), letting in anyone who can reach it. Off: such a server refuses to "
+            "start (docs/auth.md)."
         ),
     )
     completion_windows: tuple[str, ...] = field(
@@ -187,8 +205,9 @@ class Settings:
         metadata=_help(
             "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
             "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`, "
-            "`forward_service_tier`, `load_metrics_url`, `load_metrics_kind`: docs/load-signal.md). "
-            "Config file only."
+            "`forward_service_tier`, `load_metrics_url`, `load_metrics_kind`: docs/load-signal.md; "
+            "`prefix_ordering`, `prefix_lookahead`, `prefix_lookahead_mb`: docs/prefix-ordering.md; "
+            "`traffic`, `target_queue_delay_ms`, `priority`: docs/background-traffic.md). Config file only."
         ),
     )
     local_models: bool = field(
@@ -270,6 +289,66 @@ class Settings:
     sync_max_body_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=_help("The largest body a synchronous request may have (larger ones get a 413)."),
+    )
+    max_body_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_help(
+            "The largest JSON body of any other request (POST /v1/batches, retries, ...); larger ones get a "
+            "413 `request_too_large`, before they are read when they say their size (docs/limits.md)."
+        ),
+    )
+    max_upload_bytes: int = field(
+        default=512 * 1024 * 1024,
+        metadata=_help(
+            "The largest file a `POST /v1/files` may upload (other purposes than `batch`); the upload is cut "
+            "off as it streams, past it, with a 413 `file_too_large`, and nothing of it is kept."
+        ),
+    )
+    max_batch_upload_bytes: int = field(
+        default=209_715_200,
+        metadata=_help("The largest file with `purpose=batch` (OpenAI's 200 MB); as `max_upload_bytes`."),
+    )
+    storage_quotas: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=_help(
+            "Bytes each project's files may take, as a `[storage_quotas]` table in the config file "
+            '(`"team-a" = 107374182400`): an upload that would take the project past it is refused with a '
+            "400 `storage_quota_exceeded`; a batch's output and error files are never refused "
+            "(docs/limits.md). Config file only."
+        ),
+    )
+    default_storage_quota_bytes: int | None = field(
+        default=None,
+        metadata=_help(
+            "The storage quota of every project that `storage_quotas` does not name. Unset: those projects "
+            "have no quota."
+        ),
+    )
+    batch_create_rate_per_hour: int | None = field(
+        default=None,
+        metadata=_help(
+            "Batches one project may create in any hour (OpenAI allows 2000); more get a 429 "
+            "`rate_limit_exceeded` with the `retry-after` until one may. Counted in the store, so across "
+            "every API server. Unset: no limit."
+        ),
+    )
+    client_header_timeout_s: float = field(
+        default=30.0,
+        metadata=_help(
+            "Seconds a client has to send a request's line and headers once it has begun; a slower one is "
+            "disconnected."
+        ),
+    )
+    client_idle_timeout_s: float = field(
+        default=60.0,
+        metadata=_help(
+            "Seconds a request's body may go without a byte arriving (an upload that stalls); then the "
+            "request is refused with a 408 and the connection closed."
+        ),
+    )
+    keepalive_timeout_s: float = field(
+        default=75.0,
+        metadata=_help("Seconds an idle kept-alive connection stays open, waiting for its next request."),
     )
     sync_usage_flush_interval_s: float = field(
         default=1.0,
@@ -427,6 +506,18 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
             load_metrics_kind=_load_metrics_kind(
                 f"{where}.load_metrics_kind", entry.get("load_metrics_kind")
             ),
+            traffic=sharing.traffic(f"{where}.traffic", entry.get("traffic")),
+            target_queue_delay_ms=sharing.target_queue_delay_ms(
+                f"{where}.target_queue_delay_ms", entry.get("target_queue_delay_ms")
+            ),
+            priority=sharing.priority(f"{where}.priority", entry.get("priority")),
+            prefix_ordering=plain.boolean(f"{where}.prefix_ordering", entry.get("prefix_ordering", False)),
+            prefix_lookahead=plain.positive_int(
+                f"{where}.prefix_lookahead", entry.get("prefix_lookahead", 4096)
+            ),
+            prefix_lookahead_mb=plain.positive_int(
+                f"{where}.prefix_lookahead_mb", entry.get("prefix_lookahead_mb", 16)
+            ),
         )
         if any(b.name == backend.name for b in backends):
             raise ConfigError(f"setting '{where}.name': backend name {backend.name!r} is used twice")
@@ -447,6 +538,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "upstream_api_key_env": plain.optional_text,
     "upstream_max_concurrency": plain.positive_int,
     "api_keys": _api_keys,
+    "allow_unauthenticated": plain.boolean,
     "completion_windows": _windows,
     "background_completion_window": _window,
     "request_timeout_s": plain.positive_float,
@@ -475,9 +567,18 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "default_token_budget": parse_optional_budget,
     "flex_timeout_s": plain.positive_float,
     "sync_max_body_bytes": plain.positive_int,
+    "max_body_bytes": plain.positive_int,
+    "max_upload_bytes": plain.positive_int,
+    "max_batch_upload_bytes": plain.positive_int,
+    "storage_quotas": parse_storage_quotas,
+    "default_storage_quota_bytes": parse_optional_quota,
+    "batch_create_rate_per_hour": plain.optional_positive_int,
+    "client_header_timeout_s": plain.positive_float,
+    "client_idle_timeout_s": plain.positive_float,
+    "keepalive_timeout_s": plain.positive_float,
     "sync_usage_flush_interval_s": plain.positive_float,
 }
-FILE_ONLY = frozenset({"backends", "model_aliases", "prices", "token_budgets", "webhooks"})
+FILE_ONLY = frozenset({"backends", "model_aliases", "prices", "storage_quotas", "token_budgets", "webhooks"})
 S3_STANDARD_VARIABLES = {"s3_endpoint_url": "AWS_ENDPOINT_URL", "s3_region": "AWS_REGION"}
 S3_KEY_ID_VARIABLE, S3_SECRET_VARIABLE = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 

@@ -19,13 +19,16 @@ from overnight.backends.router import Router
 from overnight.blobs.base import BlobStore
 from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Secrets, Settings
+from overnight.config_limits import storage_quotas, upload_sizes
 from overnight.config_webhooks import subscriptions as webhook_subscriptions
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
 from overnight.domain.pricing import PriceTable
 from overnight.domain.tokens import TokenBudgets
+from overnight.engine.background_traffic import TrafficSettings
 from overnight.engine.feed import RateLimits
 from overnight.engine.load_signals import LoadPoller, LoadSignals, LoadSource
+from overnight.engine.prefix_queue import PrefixOrdering
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.worker import Engine, EngineSettings, new_worker_id
@@ -42,6 +45,7 @@ from overnight.services.progress import ProgressService
 from overnight.services.retries import RetryService
 from overnight.services.sync import SyncService, SyncSettings
 from overnight.services.sync_usage import SyncUsageRecorder
+from overnight.services.upload_limits import UploadLimits
 from overnight.store.base import MetadataStore
 from overnight.store.sqlite import SqliteStore
 from overnight.store.sqlite import migrate as sqlite_migrate
@@ -130,6 +134,8 @@ def engine_settings(settings: Settings, worker_id: str | None = None) -> EngineS
         poll_interval_s=settings.worker_poll_interval_s,
         retry=retry_policy(settings),
         rates=rate_limits(settings),
+        prefix=prefix_orderings(settings),
+        traffic=traffic_settings(settings),
         shutdown_grace_s=settings.shutdown_grace_s,
         lease_s=settings.lease_s,
         max_shards=settings.worker_max_shards,
@@ -166,6 +172,8 @@ class Offline:
             self.clock,
             retry=retry_policy(self.settings),
             rates=rate_limits(self.settings).get(backend.name),
+            prefix=prefix_orderings(self.settings).get(backend.name),
+            traffic=traffic_settings(self.settings).get(backend.name),
         )
 
 
@@ -184,6 +192,26 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 def rate_limits(settings: Settings) -> dict[str, RateLimits]:
     return {
         config.name: RateLimits(config.requests_per_minute, config.tokens_per_minute)
+        for config in settings.all_backends()
+    }
+
+
+def prefix_orderings(settings: Settings) -> dict[str, PrefixOrdering]:
+    """The backends with `prefix_ordering` on, and how far their feeds read ahead."""
+    return {
+        config.name: PrefixOrdering(config.prefix_lookahead, config.prefix_lookahead_mb * 1_000_000)
+        for config in settings.all_backends()
+        if config.prefix_ordering
+    }
+
+
+def traffic_settings(settings: Settings) -> dict[str, TrafficSettings]:
+    """How each backend shares its server: `traffic`, `target_queue_delay_ms`, `priority`
+    (docs/background-traffic.md)."""
+    return {
+        config.name: TrafficSettings(
+            config.traffic == "background", config.target_queue_delay_ms / 1000, config.priority
+        )
         for config in settings.all_backends()
     }
 
@@ -232,7 +260,7 @@ def log_startup(runtime: Runtime) -> None:
     if not runtime.router.backends:
         log.warning("no backend and no local model: every batch will fail validation (see --upstream)")
     keys = len(settings.api_keys)
-    log.info("%s", f"{keys} API key(s) configured" if keys else "no API keys configured: any key is accepted")
+    log.info("%s", f"{keys} API key(s) in the config file" if keys else "no API keys in the config file")
     for webhook in settings.webhooks:
         of = f"project {webhook.project}" if webhook.project is not None else "every project"
         log.info("webhook endpoint %s gets %s of %s", webhook.name, ", ".join(webhook.events), of)
@@ -395,7 +423,9 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
         store=store,
         blobs=blobs,
         router=router,
-        files=FilesService(store, blobs, ids, clock, probe, idempotency),
+        files=FilesService(
+            store, blobs, ids, clock, probe, idempotency, upload_limits(settings, store, clock)
+        ),
         batches=BatchesService(
             store,
             ids,
@@ -406,16 +436,18 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
             budgets=TokenBudgets(dict(settings.token_budgets), settings.default_token_budget),
             subscriptions=webhook_subscriptions(settings.webhooks),
             idempotency=idempotency,
+            creation_rate_per_hour=settings.batch_create_rate_per_hour,
         ),
         models=ModelsService(router.backends, router.backend_for, clock),
         engine=engine,
-        authenticator=Authenticator(settings.api_keys),
+        authenticator=Authenticator(settings.api_keys, store),  # and the keys kept in the store
         costs=CostsService(store, PriceTable(settings.prices)),
         progress=ProgressService(store, clock),
         webhooks=webhooks,
     )
     runtime.sync = build_sync(settings, store, engine, router, clock)
     runtime.load = build_load_signals(settings)
+    engine.load_reading = runtime.load.reading  # what background backends' windows follow
     engine.metrics.gauges.append(runtime.load.render)
     runtime.background = BackgroundResponses(
         store,
@@ -433,6 +465,11 @@ async def open_runtime(settings: Settings, secrets: Secrets, clock: Clock | None
     runtime.partial = PartialResults(store, runtime.files, early_result_file_ids=early)
     runtime.retries = RetryService(store, blobs, ids, clock, runtime.batches, runtime.idempotency)
     return runtime
+
+
+def upload_limits(settings: Settings, store: MetadataStore, clock: Clock) -> UploadLimits:
+    """Each upload's size limit by purpose and its project's storage quota (docs/limits.md)."""
+    return UploadLimits(store, clock, upload_sizes(settings), storage_quotas(settings))
 
 
 def build_load_signals(settings: Settings) -> LoadSignals:

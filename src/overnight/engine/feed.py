@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from overnight.backends.base import Attempt
 from overnight.domain.models import ResultRow
+from overnight.engine.prefix_queue import PrefixQueue
 
 Sink = Callable[[ResultRow], None]
 LineId = Callable[[int], str]
@@ -46,7 +47,7 @@ class Feed:
     line_id: LineId
     sink: Sink
     skip: Callable[[int], bool] = lambda _line_no: False
-    ready: deque[Request] = field(default_factory=deque)
+    ready: deque[Request] | PrefixQueue = field(default_factory=deque)  # PrefixQueue: prefix_ordering
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     retrying: int = 0  # its requests waiting for a retry's time
     last_failures: dict[int, Attempt] = field(default_factory=dict)  # set when it ends, by line number
@@ -55,6 +56,13 @@ class Feed:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     order: int = 0
+    lines_left: int | None = None  # its batch's lines without a result when it started (None: unknown)
+    done: int = 0  # results it has given since
+
+    @property
+    def remaining(self) -> int | None:
+        """Lines its batch still has to run, as far as this feed knows (a deadline override's need)."""
+        return None if self.lines_left is None else max(0, self.lines_left - self.done)
 
     def check_finished(self) -> None:
         idle = not self.ready and not self.in_flight and not self.retrying

@@ -18,6 +18,7 @@ import aiohttp
 
 from overnight.backends.load import LoadSample, parse_load
 from overnight.engine.metrics import Labels, gauge_lines
+from overnight.engine.neighbour import LoadReading
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class LoadPoller:
         self.monotonic = monotonic
         self.latest: LoadSample | None = None
         self.reads = 0  # attempts made, for tests waiting on progress
+        self.good_reads = 0  # reads that gave `latest`: tells one reading from the next
         self._last_logged: float | None = None
 
     async def run(self) -> None:
@@ -73,6 +75,7 @@ class LoadPoller:
                     raise ValueError(f"HTTP {response.status}")
                 text = await response.text(errors="replace")
             self.latest = parse_load(text, self.source.kind)
+            self.good_reads += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure means: load unknown
@@ -103,6 +106,14 @@ class LoadSignals:
 
     def latest(self, backend: str) -> LoadSample | None:
         return next((p.latest for p in self.pollers if p.source.backend == backend), None)
+
+    def reading(self, backend: str) -> LoadReading | None:
+        """The server's waiting queue as last read, numbered (None: unknown, or it shows no queue);
+        what a background backend's window follows (engine/neighbour.py)."""
+        poller = next((p for p in self.pollers if p.source.backend == backend), None)
+        if poller is None or poller.latest is None or poller.latest.waiting is None:
+            return None
+        return LoadReading(poller.latest.waiting, poller.good_reads)
 
     async def run(self) -> None:
         if self.pollers:

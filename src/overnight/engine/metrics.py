@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 Labels = tuple[tuple[str, str], ...]
@@ -76,6 +77,54 @@ def gauge_lines(name: str, help_text: str, values: Iterable[tuple[Labels, float]
         yield f"{name}{_labels(labels)} {_number(value)}"
 
 
+@dataclass(frozen=True, slots=True)
+class BackgroundFigures:
+    """A background backend's controller as /metrics shows it (engine/neighbour.py)."""
+
+    window: int  # batch requests it may have in flight
+    base_latency_s: float | None  # the unloaded latency of the last answer's request shape
+    queue_delay_s: float  # smoothed: latency over that base
+    signal: str  # what drives the window: "load" (a fresh reading of the server) or "delay"
+    overrides: int  # batches whose deadline raises the window now
+
+
+_BACKGROUND_GAUGES: tuple[tuple[str, str, Callable[[BackgroundFigures], float | None]], ...] = (
+    (
+        "overnight_background_window",
+        "Batch requests a background backend may have in flight.",
+        lambda f: f.window,
+    ),
+    (
+        "overnight_background_base_latency_seconds",
+        "A background backend's learned unloaded latency, for the request shape it answered last.",
+        lambda f: f.base_latency_s,
+    ),
+    (
+        "overnight_background_queue_delay_seconds",
+        "A background backend's smoothed queueing delay: latency over the base latency of its shape.",
+        lambda f: f.queue_delay_s,
+    ),
+    (
+        "overnight_background_deadline_overrides",
+        "Batches whose deadline holds a background backend's window up now.",
+        lambda f: f.overrides,
+    ),
+)
+
+
+def background_lines(figures: Mapping[str, Callable[[], BackgroundFigures]]) -> Iterable[str]:
+    now = {backend: read() for backend, read in sorted(figures.items())}
+    for name, help_text, pick in _BACKGROUND_GAUGES:
+        values = [((("backend", b),), v) for b, f in now.items() if (v := pick(f)) is not None]
+        yield from gauge_lines(name, help_text, values)
+    signals = [((("backend", b), ("signal", f.signal)), 1.0) for b, f in now.items()]
+    yield from gauge_lines(
+        "overnight_background_signal",
+        "Which signal drives a background backend's window (load or delay).",
+        signals,
+    )
+
+
 class EngineMetrics:
     """What the engine counts as it runs; gauges are read from their owners when scraped."""
 
@@ -97,7 +146,12 @@ class EngineMetrics:
         self.latency = Histogram(
             "overnight_upstream_latency_seconds", "Time from sending an attempt to its answer, by backend."
         )
+        self.deadline_overrides = Counter(
+            "overnight_background_deadline_overrides_total",
+            "Times a batch on a background backend took the concurrency its deadline needs, by backend.",
+        )
         self.gauges: list[Callable[[], Iterable[str]]] = []
+        self.background: dict[str, Callable[[], BackgroundFigures]] = {}  # by backend (traffic = background)
 
     def observe_attempt(self, backend: str, status: int, seconds: float) -> None:
         labels = (("backend", backend),)
@@ -130,6 +184,9 @@ class EngineMetrics:
             self.latency,
         ):
             lines.extend(metric.render())
+        if self.background:  # only where a backend has traffic = "background"
+            lines.extend(self.deadline_overrides.render())
+            lines.extend(background_lines(self.background))
         for gauges in self.gauges:
             lines.extend(gauges())
         return "\n".join(lines) + "\n"

@@ -23,18 +23,22 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from overnight.backends.base import Attempt, Backend
 from overnight.domain.clock import Clock
 from overnight.domain.models import Usage
 from overnight.domain.results import response_row, usage_of
 from overnight.domain.validation import is_blank, parse_request
+from overnight.engine.background_traffic import BackgroundTraffic, TrafficSettings, with_priority
 from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
 from overnight.engine.digest import ErrorDigest, Fate, describe_failure
 from overnight.engine.feed import Feed, RateLimits, Request, estimate_tokens
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.neighbour import FeedNeed, LoadReading
 from overnight.engine.online import Lane, NoSlot, Ticket, TicketQueue, granted, wait_limit
+from overnight.engine.prefix_queue import PrefixOrdering, PrefixQueue, WarmPrefix
 from overnight.engine.recent import RecentAttempts, is_failure
 from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
@@ -46,6 +50,10 @@ _INTERNAL_ERROR = (
     b'{"error":{"message":"Overnight could not run this request because of an internal error.",'
     b'"type":"server_error","param":null,"code":null}}'
 )
+
+
+def _bucket(feed: Feed) -> int:
+    return feed.deadline // DEADLINE_BUCKET_S
 
 
 class BackendScheduler:
@@ -60,6 +68,9 @@ class BackendScheduler:
         breaker: CircuitBreaker | None = None,
         rand: Callable[[], float] = random.random,
         prefetch: int | None = None,
+        prefix: PrefixOrdering | None = None,
+        traffic: TrafficSettings | None = None,
+        load: Callable[[], LoadReading | None] = lambda: None,
     ) -> None:
         self.backend = backend
         self._clock = clock
@@ -75,6 +86,14 @@ class BackendScheduler:
         self._cap = backend.max_concurrency  # this worker's share of the backend (engine/slots.py)
         self.demand_changed = asyncio.Event()  # the first feed came or the last went; or: look again
         self._prefetch = prefetch or max(64, 2 * backend.max_concurrency)
+        self._warm = WarmPrefix(prefix) if prefix is not None else None  # docs/prefix-ordering.md
+        traffic = traffic or TrafficSettings()
+        self._priority = traffic.priority  # vLLM's `priority` on every batch line (None: not sent)
+        self.background = (  # traffic = "background": batch lines keep to its window
+            BackgroundTraffic(backend.name, traffic, backend.max_concurrency, self._metrics, load)
+            if traffic.background
+            else None
+        )
         self._feeds: list[Feed] = []
         self.tickets = TicketQueue()  # synchronous requests (engine/online.py)
         self._served: dict[str, int] = {}
@@ -171,6 +190,8 @@ class BackendScheduler:
     # -- feeds -----------------------------------------------------------------------------------
     def _register(self, feed: Feed) -> None:
         feed.order = next(self._order)
+        if self._warm is not None:
+            feed.ready = self._warm.queue(feed.endpoint)
         active = [self._served[f.project] for f in self._feeds if f.project in self._served]
         self._served.setdefault(feed.project, min(active, default=0))
         self._feeds.append(feed)
@@ -209,7 +230,7 @@ class BackendScheduler:
         async for line_no, raw in feed.lines:
             if is_blank(raw) or feed.skip(line_no):
                 continue
-            while len(feed.ready) >= self._prefetch:
+            while self._full(feed.ready):
                 feed.room.clear()
                 await feed.room.wait()
             request = parse_request(raw)
@@ -217,6 +238,9 @@ class BackendScheduler:
             self._wake.set()
         feed.exhausted = True
         feed.check_finished()
+
+    def _full(self, ready: deque[Request] | PrefixQueue) -> bool:
+        return ready.full if isinstance(ready, PrefixQueue) else len(ready) >= self._prefetch
 
     # -- dispatching -----------------------------------------------------------------------------
     async def _run_pump(self) -> None:
@@ -243,7 +267,12 @@ class BackendScheduler:
                 key = (feed.deadline // DEADLINE_BUCKET_S, self._served[feed.project], feed.order)
                 if best_key is None or key < best_key:
                     best, best_key = feed, key
+        if best is not None and self._warm is not None:
+            return self._warm.choose_feed(best, self._feeds, self._served_of, _bucket)
         return best
+
+    def _served_of(self, feed: Feed) -> int:
+        return self._served[feed.project]
 
     def _pick_probe(self) -> Feed | None:
         """The next feed in turn after the one that sent the last probe, so probes rotate."""
@@ -287,6 +316,8 @@ class BackendScheduler:
             wait = self._grant(ticket, now)
             if wait > 0:
                 return wait
+        if self.background is not None and not self._background_allows(now):
+            return None  # the next batch answer looks again
         feed = self._pick()
         if feed is None:
             return self._next_retry_in(now)
@@ -305,6 +336,19 @@ class BackendScheduler:
         request.sequence = self.window.sent()
         self._in_flight += 1
         return feed, request
+
+    def _background_allows(self, now: float) -> bool:
+        """Whether the background window has room for one more batch line (synchronous tickets do not
+        count against it: they are the online traffic it makes room for)."""
+        assert self.background is not None
+        self.background.check_deadlines(self._feed_needs, now)
+        return self._in_flight - self.tickets.holding < self.background.limit
+
+    def _feed_needs(self) -> Iterator[FeedNeed]:
+        for feed in self._feeds:
+            remaining = feed.remaining
+            if remaining and not feed.stopped:
+                yield FeedNeed(feed.batch_id, feed.deadline, remaining)
 
     def _dispatch(self) -> float | None:
         """Start a sender for every request the limits allow now; returns how long until more may
@@ -413,7 +457,8 @@ class BackendScheduler:
     async def _send(self, feed: Feed, request: Request) -> None:
         started = self._clock.now()
         try:
-            answer = await self.backend.attempt(feed.endpoint, request.body)
+            body = request.body if self._priority is None else with_priority(request.body, self._priority)
+            answer = await self.backend.attempt(feed.endpoint, body)
         except asyncio.CancelledError:
             self._finish_attempt()
             if request.last is not None:  # its feed was stopped: keep what it last met
@@ -426,6 +471,9 @@ class BackendScheduler:
         ended = self._clock.now()
         self._metrics.observe_attempt(self.backend.name, answer.status, ended - started)
         self.recent.note(ended, is_failure(answer.status, answer.answered))
+        if self.background is not None:
+            batch_in_flight = self._in_flight - self.tickets.holding
+            self.background.answered(request.body, answer.status, ended - started, ended, batch_in_flight)
         self._after(feed, request, answer)
 
     def _finish_attempt(self) -> None:
@@ -464,6 +512,7 @@ class BackendScheduler:
             answered=answer.answered,
         )
         self._metrics.finished(self.backend.name, verdict.succeeded)
+        feed.done += 1
         feed.sink(row)
 
     def _retry_later(

@@ -65,6 +65,7 @@ async def run_shard(
                 line_id=functools.partial(request_line_id, batch.id),
                 sink=recorder.add,
                 skip=done.__contains__,
+                lines_left=batch_lines_left(batch),
             )
             watcher = asyncio.create_task(_stop_when(stop, scheduler, feed))
             try:
@@ -82,6 +83,12 @@ async def run_shard(
     sizes = await spool.finish() if spool is not None else None
     part = spool.part if spool is not None and sizes is not None else None
     return ShardOutcome(True, part, feed.last_failures)
+
+
+def batch_lines_left(batch: Batch) -> int | None:
+    """The batch's lines without a result as its record says (None before validation counted them)."""
+    counts = batch.request_counts
+    return max(0, counts.total - counts.completed - counts.failed) if counts.total else None
 
 
 async def _stop_when(stop: asyncio.Event, scheduler: BackendScheduler, feed: Feed) -> None:

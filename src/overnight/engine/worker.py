@@ -22,12 +22,15 @@ from overnight.domain.models import Batch, BatchError, BatchStatus, ResultRow, S
 from overnight.domain.results import BATCH_CANCELLED, BATCH_EXPIRED, not_run_row
 from overnight.domain.shards import END_OF_FILE, LINES_PER_SHARD, ShardPlanner
 from overnight.domain.validation import BatchValidator, is_blank, parse_request
+from overnight.engine.background_traffic import TrafficSettings
 from overnight.engine.digest import describe_failure
 from overnight.engine.feed import RateLimits
 from overnight.engine.janitor import Janitor
 from overnight.engine.metrics import EngineMetrics
+from overnight.engine.neighbour import LoadReading
 from overnight.engine.observe import render_metrics
 from overnight.engine.outputs import write_result_files
+from overnight.engine.prefix_queue import PrefixOrdering
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
 from overnight.engine.shard_run import run_shard
@@ -41,6 +44,8 @@ log = logging.getLogger("overnight.engine")
 S = BatchStatus
 ACTIVE = tuple(status for status in S if status not in TERMINAL)
 _YIELD_EVERY = 2000
+# lines validated between turns of the event loop: a 1 MB chunk holds thousands, ~20 ms of work at once
+VALIDATE_LINES_PER_TURN = 500
 RUNS_END_S = 10.0  # at most this long, before marking a stopped batch's lines, for its runs here to end
 WATCH_MAX_S = 5.0  # the longest a leader waits between looks at its batch's shards (see watch_interval)
 CLEANUP_DELAY_S = 5.0  # after a batch ends, before its results are deleted (see engine/janitor.py)
@@ -59,6 +64,8 @@ class EngineSettings:
     poll_interval_s: float  # how often the store is looked at without a wake-up
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rates: Mapping[str, RateLimits] = field(default_factory=dict)  # by backend name
+    prefix: Mapping[str, PrefixOrdering] = field(default_factory=dict)  # backends with prefix_ordering
+    traffic: Mapping[str, TrafficSettings] = field(default_factory=dict)  # background / priority, by backend
     shutdown_grace_s: float = 0.0  # on shutdown, for requests in flight to answer
     lease_s: int = 30  # a batch's and a shard's lease, renewed at each poll
     cleanup_delay_s: float = CLEANUP_DELAY_S  # after a batch ends, before its results are deleted
@@ -117,6 +124,10 @@ class Engine:
         self.janitor = Janitor(store, blobs, delay_s=settings.cleanup_delay_s)
         self._retry = settings.retry
         self._rates = dict(settings.rates)
+        self._prefix = dict(settings.prefix)
+        self._traffic = dict(settings.traffic)
+        # a backend's load reading (engine/load_signals.py), for background backends; set by wiring
+        self.load_reading: Callable[[str], LoadReading | None] = lambda _backend: None
         self.metrics = metrics or EngineMetrics()
         self._schedulers: dict[str, BackendScheduler] = {}
         self._keepers: dict[str, SlotKeeper] = {}
@@ -133,6 +144,9 @@ class Engine:
                 retry=self._retry,
                 rates=self._rates.get(backend.name),
                 metrics=self.metrics,
+                prefix=self._prefix.get(backend.name),
+                traffic=self._traffic.get(backend.name),
+                load=functools.partial(self._load_of, backend.name),
             )
             self._schedulers[backend.name] = scheduler
             self._keepers[backend.name] = SlotKeeper(
@@ -144,6 +158,9 @@ class Engine:
                 interval_s=self._poll_interval,
             )
         return scheduler
+
+    def _load_of(self, backend: str) -> LoadReading | None:
+        return self.load_reading(backend)
 
     @property
     def schedulers(self) -> Mapping[str, BackendScheduler]:
@@ -349,10 +366,11 @@ class Engine:
         planner = ShardPlanner(batch.id, self._settings.lines_per_shard)
         try:
             async for group in split_line_groups(self._blobs.read(blob_key(batch.input_file_id))):
-                for line_no, raw in group:
-                    validator.check_line(line_no, raw)
-                    planner.line(line_no, len(raw))
-                await asyncio.sleep(0)  # a chunk's worth of lines at a time, then let others run
+                for start in range(0, len(group), VALIDATE_LINES_PER_TURN):
+                    for line_no, raw in group[start : start + VALIDATE_LINES_PER_TURN]:
+                        validator.check_line(line_no, raw)
+                        planner.line(line_no, len(raw))
+                    await asyncio.sleep(0)  # let the API and running batches have the loop
         except FileNotFoundError:
             message = f"Cannot find file {batch.input_file_id}, or it is no longer available."
             await self._move(

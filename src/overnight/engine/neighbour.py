@@ -1,0 +1,231 @@
+"""A good neighbour on a shared model server: how many batch requests a `traffic = "background"` backend
+may have in flight (docs/background-traffic.md).
+
+Pure: no I/O and no asyncio; every decision takes the time as an argument.
+
+* `BaseLatency` learns the server's unloaded latency per request *shape* (prompt size and output size,
+  each in log2 buckets): a windowed minimum that ages, so it learns again when the server's speed changes.
+* `NeighbourWindow` is a delay-based limiter in the family of TCP Vegas, LEDBAT and Netflix's gradient
+  limiter. An answer's queue delay is its latency over the base latency of its shape, filtered as LEDBAT
+  does (the least of the last few: noise only adds delay, a queue delays every answer). Once an epoch
+  (a round trip, and at least EPOCH_ANSWERS answers per request the window allows) the epoch's mean
+  delay is compared with the target: far over it the window shrinks multiplicatively, over it it steps
+  down, under it it steps up, and doubles instead until the first shrink (TCP's slow start); it grows
+  only while it is full. Where a fresh load reading of the server exists (its waiting queue), that
+  leads: the window shrinks once per reading while more than a few requests wait there, holds while a
+  few wait, grows while none waits, and the delay signal shrinks it only when grossly over.
+* A feed whose deadline is near and whose lines cannot finish at the current rate raises the floor to
+  what it needs (a deadline override). The window never goes below 1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Shape = tuple[int, int]  # (log2 bucket of the body's bytes, log2 bucket of max tokens; 0: not given)
+
+_MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d{1,9})')
+BASE_EPOCH_S = 30.0  # the base latency is the minimum over the current and the previous epoch
+EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the window allows
+LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
+DEADLINE_SAFETY = 0.8  # a feed should finish within this share of the time its deadline leaves
+
+
+def request_shape(body: bytes) -> Shape:
+    """The bucket a request's latency is compared within: prompt bytes and asked output tokens."""
+    match = _MAX_TOKENS.search(body)
+    output = int(match.group(1)).bit_length() if match else 0
+    return len(body).bit_length(), output
+
+
+@dataclass
+class _Minimum:
+    epoch: int
+    current: float = math.inf
+    previous: float = math.inf
+
+
+@dataclass
+class BaseLatency:
+    """The shortest latency seen per shape over the last one to two epochs of `epoch_s`."""
+
+    epoch_s: float = BASE_EPOCH_S
+    _shapes: dict[Shape, _Minimum] = field(default_factory=dict)
+
+    def _rolled(self, shape: Shape, now: float) -> _Minimum | None:
+        entry = self._shapes.get(shape)
+        if entry is None:
+            return None
+        epoch = int(now // self.epoch_s)
+        if epoch > entry.epoch:
+            entry.previous = entry.current if epoch == entry.epoch + 1 else math.inf
+            entry.current, entry.epoch = math.inf, epoch
+        return entry
+
+    def observe(self, shape: Shape, seconds: float, now: float) -> None:
+        entry = self._rolled(shape, now)
+        if entry is None:
+            entry = self._shapes[shape] = _Minimum(int(now // self.epoch_s))
+        entry.current = min(entry.current, seconds)
+
+    def base(self, shape: Shape, now: float) -> float | None:
+        entry = self._rolled(shape, now)
+        if entry is None:
+            return None
+        shortest = min(entry.current, entry.previous)
+        return None if math.isinf(shortest) else shortest
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReading:
+    """The server's load as last read (engine/load_signals.py); `number` tells one reading from the next."""
+
+    waiting: int
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourSettings:
+    target_delay_s: float
+    maximum: int  # the backend's max_concurrency
+    minimum: int = 1
+    decrease_factor: float = 0.7
+    smoothing: float = 0.2  # weight of each new delay sample in the smoothed delay
+    waiting_threshold: int = 2  # load signal: shrink while more than this many wait at the server
+    step: float = 0.5  # additive change per epoch
+    noise_filter: int = 6  # a delay sample is the least of this many answers' delays
+
+
+@dataclass(frozen=True, slots=True)
+class FeedNeed:
+    """What the deadline override looks at for one feed."""
+
+    batch_id: str
+    deadline: float  # clock time
+    remaining: int  # lines left to run
+
+
+@dataclass
+class DeadlineChanges:
+    started: list[tuple[str, int]] = field(default_factory=list)  # (batch id, concurrency it needs)
+    ended: list[tuple[str, int]] = field(default_factory=list)
+
+
+class NeighbourWindow:
+    """The batch requests a background backend may have in flight (see the module's text)."""
+
+    def __init__(self, settings: NeighbourSettings, *, base: BaseLatency | None = None) -> None:
+        self.settings = settings
+        self.bases = base or BaseLatency()
+        self.minimum = max(1, min(settings.minimum, settings.maximum))
+        self.size = float(self.minimum)
+        self.delay_s = 0.0  # smoothed queue delay
+        self.latency_s: float | None = None  # smoothed latency (the round trip)
+        self.last_base_s: float | None = None  # base latency of the last answer's shape
+        self.signal = "delay"  # what drove the last decision: "delay" or "load"
+        self.overrides: dict[str, int] = {}  # batch id -> concurrency its deadline needs
+        self._slow_start = True
+        self._recent: deque[float] = deque(maxlen=settings.noise_filter)
+        self._shrunk_reading = -1
+        self._epoch_start = -math.inf  # an epoch lasts a round trip (the smoothed latency)
+        self._epoch_delay = 0.0
+        self._epoch_answers = 0
+        self._epoch_used = False  # the window was full at some answer of the epoch
+
+    @property
+    def floor(self) -> int:
+        return min(self.settings.maximum, max(self.minimum, *self.overrides.values(), 0))
+
+    @property
+    def limit(self) -> int:
+        return min(self.settings.maximum, max(self.floor, int(self.size)))
+
+    def answered(
+        self, shape: Shape, seconds: float, now: float, *, in_flight: int, load: LoadReading | None = None
+    ) -> None:
+        """Learn from one successful answer that took `seconds`, with `in_flight` batch requests still out;
+        `load`: a fresh reading of the server, if any."""
+        self.bases.observe(shape, seconds, now)
+        base = self.bases.base(shape, now)
+        self.last_base_s = base
+        raw = max(0.0, seconds - base) if base is not None else 0.0
+        self._recent.append(raw)
+        delay = min(self._recent)  # LEDBAT's filter: noise only ever adds, a queue delays every answer
+        weight = self.settings.smoothing
+        self.delay_s += weight * (delay - self.delay_s)
+        self.latency_s = (
+            seconds if self.latency_s is None else self.latency_s + weight * (seconds - self.latency_s)
+        )
+        self._epoch_delay += delay
+        self._epoch_answers += 1
+        self._epoch_used = self._epoch_used or in_flight + 1 >= self.limit
+        self.signal = "delay" if load is None else "load"
+        if load is not None and load.waiting > self.settings.waiting_threshold:
+            if load.number != self._shrunk_reading:  # once per reading
+                self._shrunk_reading = load.number
+                self._shrink(now)
+            return
+        if now - self._epoch_start >= self.latency_s and self._epoch_answers >= EPOCH_ANSWERS * self.limit:
+            self._end_epoch(now, load)
+
+    def _end_epoch(self, now: float, load: LoadReading | None) -> None:
+        """Once a round trip: the epoch's mean queue delay against the target (Vegas: one step a round
+        trip; a multiplicative one when far over)."""
+        mean = self._epoch_delay / max(1, self._epoch_answers)
+        target = self.settings.target_delay_s
+        used = self._epoch_used
+        self._epoch_start, self._epoch_delay, self._epoch_answers, self._epoch_used = now, 0.0, 0, False
+        if load is not None:  # the server says how long its queue is: latency only for a gross slowdown
+            if mean > LOAD_DELAY_FACTOR * target:
+                self._shrink(now)
+            elif load.waiting == 0 and used:  # a few waiting: hold
+                self._grow()
+        elif mean > 2 * target:
+            self._shrink(now)
+        elif mean > target:
+            self._slow_start = False
+            self.size = max(float(self.minimum), self.size - self.settings.step)
+        elif used:
+            self._grow()
+
+    def _grow(self) -> None:
+        grown = self.size * 2 if self._slow_start else self.size + self.settings.step
+        self.size = min(float(self.settings.maximum), grown)
+
+    def _shrink(self, now: float) -> None:
+        self._slow_start = False
+        self._epoch_start, self._epoch_delay, self._epoch_answers = now, 0.0, 0
+        self.size = max(float(self.minimum), self.size * self.settings.decrease_factor)
+
+    def plan_deadlines(self, needs: Iterable[FeedNeed], now: float) -> DeadlineChanges:
+        """Raise the floor for the feeds that cannot finish by their deadline at the current rate; the
+        overrides that start and end (each feed's own window at the current latency)."""
+        wanted: dict[str, int] = {}
+        if self.latency_s is not None:
+            for need in needs:
+                required = needed_concurrency(need.remaining, need.deadline - now, self.latency_s)
+                if required > int(self.size):
+                    wanted[need.batch_id] = max(
+                        wanted.get(need.batch_id, 0), min(self.settings.maximum, required)
+                    )
+        changes = DeadlineChanges(
+            started=[(b, r) for b, r in wanted.items() if b not in self.overrides],
+            ended=[(b, r) for b, r in self.overrides.items() if b not in wanted],
+        )
+        self.overrides = wanted
+        return changes
+
+
+def needed_concurrency(remaining: int, seconds_left: float, latency_s: float) -> int:
+    """Requests in flight that finish `remaining` lines of `latency_s` each within the safe share of
+    `seconds_left` (Little's law); everything when no time is left."""
+    if remaining <= 0:
+        return 0
+    usable = seconds_left * DEADLINE_SAFETY
+    if usable <= 0:
+        return 2**31
+    return math.ceil(remaining * latency_s / usable)

@@ -1,0 +1,215 @@
+"""The background backend's window (engine/neighbour.py): pure, driven by a made-up clock."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overnight.engine.neighbour import (
+    BaseLatency,
+    FeedNeed,
+    LoadReading,
+    NeighbourSettings,
+    NeighbourWindow,
+    needed_concurrency,
+    request_shape,
+)
+
+BASE_S = 0.040
+TARGET_S = 0.002
+SHAPE = (7, 0)
+
+
+def window(maximum: int = 32, **kwargs: float) -> NeighbourWindow:
+    return NeighbourWindow(NeighbourSettings(TARGET_S, maximum, **kwargs))  # type: ignore[arg-type]
+
+
+class Driver:
+    """Answers one after another on a clock of its own, each `latency` long, with the window full."""
+
+    def __init__(self, win: NeighbourWindow, now: float = 1_000.0) -> None:
+        self.win = win
+        self.now = now
+
+    def answer(self, latency: float, load: LoadReading | None = None) -> None:
+        self.now += latency / max(1, self.win.limit)  # a full window answers `limit` times per latency
+        self.win.answered(SHAPE, latency, self.now, in_flight=self.win.limit - 1, load=load)
+
+    def answers(self, count: int, latency: float, load: LoadReading | None = None) -> None:
+        for _ in range(count):
+            self.answer(latency, load)
+
+
+def test_it_starts_at_one_and_doubles_while_nothing_queues() -> None:
+    win = window()
+    assert win.limit == 1
+    Driver(win).answers(400, BASE_S)
+    assert win.limit == 32  # the backend's maximum
+
+
+def test_sustained_queueing_shrinks_it_to_one_and_a_clear_server_grows_it_back() -> None:
+    win = window()
+    drive = Driver(win)
+    drive.answers(400, BASE_S)
+    assert win.limit == 32
+    drive.answers(500, BASE_S + 10 * TARGET_S)  # ~10 s: the base latency is still remembered
+    assert win.limit == 1
+    drive.answers(4_000, BASE_S)
+    assert win.limit == 32
+
+
+def test_it_reacts_within_a_few_round_trips() -> None:
+    win = window()
+    drive = Driver(win)
+    drive.answers(400, BASE_S)
+    started = drive.now
+    while win.limit > 16:
+        drive.answer(BASE_S + 10 * TARGET_S)
+    assert drive.now - started < 20 * BASE_S
+
+
+def test_a_delay_just_over_the_target_steps_down_not_halves() -> None:
+    win = window()
+    drive = Driver(win)
+    drive.answers(400, BASE_S)
+    before = win.size
+    drive.answers(4 * win.limit + 1, BASE_S + 1.5 * TARGET_S)
+    assert before - 1.0 <= win.size < before
+
+
+def test_the_window_grows_only_while_it_is_used() -> None:
+    win = window()
+    now = 1_000.0
+    for _ in range(500):
+        now += BASE_S
+        win.answered(SHAPE, BASE_S, now, in_flight=0)  # one line in flight at a time: never full above 1
+    assert win.limit <= 2
+
+
+def test_a_load_reading_with_a_queue_shrinks_once_per_reading() -> None:
+    win = window(waiting_threshold=2)
+    drive = Driver(win)
+    drive.answers(400, BASE_S)
+    assert win.limit == 32
+    drive.answers(50, BASE_S, LoadReading(waiting=5, number=1))
+    assert win.limit == int(32 * 0.7)
+    assert win.signal == "load"
+    drive.answers(50, BASE_S, LoadReading(waiting=5, number=2))
+    assert win.limit == int(int(32 * 0.7) * 0.7)
+
+
+def test_a_short_queue_at_the_server_holds_the_window() -> None:
+    win = window(waiting_threshold=2)
+    drive = Driver(win)
+    drive.answers(20, BASE_S)
+    held = win.size
+    drive.answers(500, BASE_S, LoadReading(waiting=1, number=1))
+    assert win.size == held
+
+
+def test_without_a_reading_the_delay_signal_drives_it() -> None:
+    win = window()
+    drive = Driver(win)
+    drive.answers(50, BASE_S, LoadReading(waiting=0, number=1))
+    assert win.signal == "load"
+    drive.answers(1, BASE_S, None)  # the reading went stale or the endpoint failed
+    assert win.signal == "delay"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 128),
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 5.0, allow_nan=False),  # latency
+            st.floats(0.0, 2.0, allow_nan=False),  # time since the last answer
+            st.integers(0, 200),  # in flight
+            st.one_of(st.none(), st.integers(0, 50)),  # waiting at the server
+        ),
+        max_size=300,
+    ),
+    st.lists(st.tuples(st.integers(0, 10**6), st.floats(-100.0, 10**6, allow_nan=False)), max_size=4),
+)
+def test_the_window_stays_within_one_and_the_maximum(
+    maximum: int,
+    answers: list[tuple[float, float, int, int | None]],
+    feeds: list[tuple[int, float]],
+) -> None:
+    win = window(maximum)
+    now = 0.0
+    for number, (latency, gap, in_flight, waiting) in enumerate(answers):
+        now += gap
+        load = None if waiting is None else LoadReading(waiting, number // 7)
+        win.answered(SHAPE, latency, now, in_flight=in_flight, load=load)
+        assert 1 <= win.limit <= maximum
+        if number % 50 == 0:
+            needs = [
+                FeedNeed(f"batch_{i}", now + left, remaining) for i, (remaining, left) in enumerate(feeds)
+            ]
+            win.plan_deadlines(needs, now)
+            assert 1 <= win.limit <= maximum
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 100_000), st.floats(1.0, 86_400.0), st.floats(0.01, 30.0))
+def test_a_deadline_override_raises_the_floor_to_what_the_feed_needs(
+    remaining: int, seconds_left: float, latency: float
+) -> None:
+    win = window(maximum=128)
+    win.answered(SHAPE, latency, 0.0, in_flight=0)
+    need = FeedNeed("batch_1", seconds_left, remaining)
+    required = needed_concurrency(remaining, seconds_left, latency)
+    changes = win.plan_deadlines([need], 0.0)
+    if required > win.size:
+        assert changes.started == [("batch_1", min(128, required))]
+        assert win.limit >= min(128, required)
+        # at that concurrency the lines finish in time (or it takes everything there is)
+        assert win.limit == 128 or remaining * latency / win.limit <= seconds_left
+        again = win.plan_deadlines([need], 0.0)
+        assert again.started == []
+        assert again.ended == []
+        assert win.plan_deadlines([], 1.0).ended == [("batch_1", min(128, required))]
+    else:
+        assert changes.started == []
+        assert win.floor == 1
+    assert win.floor == 1 or win.overrides
+
+
+def test_needed_concurrency_by_littles_law() -> None:
+    assert needed_concurrency(0, 100.0, 1.0) == 0
+    assert needed_concurrency(800, 100.0, 1.0) == 10  # 800 line-seconds in 80 % of 100 s
+    assert needed_concurrency(1, 0.0, 1.0) > 10**6  # no time left: everything
+
+
+def test_the_base_latency_is_a_minimum_that_ages() -> None:
+    bases = BaseLatency(epoch_s=10.0)
+    assert bases.base(SHAPE, 0.0) is None
+    bases.observe(SHAPE, 0.040, 0.0)
+    bases.observe(SHAPE, 0.090, 1.0)
+    assert bases.base(SHAPE, 5.0) == 0.040
+    bases.observe(SHAPE, 0.080, 12.0)  # the server got slower
+    assert bases.base(SHAPE, 15.0) == 0.040  # still remembered for up to two epochs
+    bases.observe(SHAPE, 0.080, 21.0)
+    assert bases.base(SHAPE, 25.0) == 0.080  # learned again
+    assert bases.base(SHAPE, 60.0) is None  # nothing recent at all
+
+
+def test_a_slower_server_is_learned_again_and_the_window_recovers() -> None:
+    win = window()
+    drive = Driver(win)
+    drive.answers(400, BASE_S)
+    slower = 2 * BASE_S
+    drive.answers(20_000, slower)  # each answer is twice as slow, for long enough to relearn
+    assert win.last_base_s == slower
+    assert win.limit == 32
+
+
+def test_request_shapes_bucket_prompt_bytes_and_output_tokens() -> None:
+    small = json.dumps({"model": "m", "messages": [], "max_tokens": 16}).encode()
+    assert request_shape(small) == (len(small).bit_length(), 5)
+    assert request_shape(b'{"max_completion_tokens": 1000}')[1] == 10
+    assert request_shape(b'{"model": "m"}')[1] == 0
+    assert request_shape(b"x" * 4000)[0] == request_shape(b"x" * 3000)[0]
+    assert request_shape(b"x" * 4000)[0] != request_shape(b"x" * 400)[0]
