@@ -14,6 +14,7 @@ from overnight import __version__
 from overnight.client.commands import add_client_commands, run_client_command
 from overnight.config import ConfigError, Secrets, Settings, load_secrets, load_settings
 from overnight.domain.limits import parse_window
+from overnight.keys_cli import add_keys_commands, run_keys_command
 from overnight.store.schema import SchemaTooNew
 
 EXIT_CONFIG_ERROR = 2
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common_flags(run)
     add_client_commands(commands)  # submit, batches: a client of any Batch API (src/overnight/client)
+    add_keys_commands(commands, _common_flags)  # keys create|list|revoke, against the store
     return parser
 
 
@@ -125,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_client_command(args)
     try:
         settings = _settings(args)
+        if args.command == "keys":  # the store only: no upstream key or S3 credential needed
+            keys_code: int = _run(run_keys_command(args, settings))
+            return keys_code
         secrets = load_secrets(settings)
         logging.basicConfig(
             level=settings.log_level.upper(),

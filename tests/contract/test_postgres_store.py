@@ -120,6 +120,7 @@ async def test_a_database_migrated_step_by_step_equals_a_fresh_one(empty_dsn: st
     stepwise, fresh = await schema_of(empty_dsn), await schema_of(dsn)
     assert stepwise == fresh
     assert {row[0] for row in fresh["columns"]} == {
+        "api_keys",
         "background_files",
         "background_responses",
         "backend_reports",

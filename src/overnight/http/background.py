@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from overnight.domain.errors import InvalidRequest
-from overnight.http.auth import project_of
+from overnight.http.auth import project_of, scope_of
 from overnight.http.wire import json_response
 from overnight.services.background import BackgroundResponses
 
@@ -29,12 +29,12 @@ async def retrieve(request: web.Request) -> web.Response:
             param="stream",
             code="unsupported_value",
         )
-    return json_response(await request.app[BACKGROUND].retrieve(project_of(request), response_id))
+    return json_response(await request.app[BACKGROUND].retrieve(scope_of(request), response_id))
 
 
 async def cancel(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    return json_response(await request.app[BACKGROUND].cancel(project_of(request), response_id))
+    return json_response(await request.app[BACKGROUND].cancel(scope_of(request), response_id))
 
 
 def add_routes(app: web.Application, service: BackgroundResponses) -> None:

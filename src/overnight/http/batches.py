@@ -8,7 +8,7 @@ from aiohttp import web
 
 from overnight.domain import limits
 from overnight.domain.models import Batch
-from overnight.http.auth import project_of
+from overnight.http.auth import project_of, scope_of
 from overnight.http.params import json_object, limit_param
 from overnight.http.partial import PARTIAL, idempotency_key
 from overnight.http.wire import batch_json, json_response, list_json
@@ -32,13 +32,13 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    batch = await request.app[BATCHES].retrieve(project_of(request), request.match_info["batch_id"])
+    batch = await request.app[BATCHES].retrieve(scope_of(request), request.match_info["batch_id"])
     return json_response(_json(request, batch))
 
 
 async def list_batches(request: web.Request) -> web.Response:
     page = await request.app[BATCHES].list(
-        project_of(request),
+        scope_of(request),
         after=request.query.get("after"),
         limit=limit_param(request, limits.BATCH_LIST_DEFAULT_LIMIT, limits.BATCH_LIST_MAX_LIMIT),
     )
@@ -46,7 +46,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    batch = await request.app[BATCHES].cancel(project_of(request), request.match_info["batch_id"])
+    batch = await request.app[BATCHES].cancel(scope_of(request), request.match_info["batch_id"])
     return json_response(_json(request, batch))
 
 

@@ -210,7 +210,7 @@ async def costs(request: web.Request) -> web.Response:
     query = parse_query(request, int(request.app[CLOCK].now()))
     identity = identity_of(request)
     days, next_start = buckets(query.start, query.end, query.limit)
-    project = None if identity.admin else identity.project
+    project = identity.scope
     rows = _visible(await request.app[COSTS].costs(project, query.start, days[-1][1]), query)
     by_day: dict[str, list[CostRow]] = {}
     for row in rows:

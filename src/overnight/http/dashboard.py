@@ -140,13 +140,13 @@ def _signed_out() -> web.Response:
     return web.Response(status=401, text="Sign in again.", headers={"Cache-Control": "no-store"})
 
 
-def _identity(request: web.Request) -> Identity | None:
-    return auth.identity_of_request(request, request.app[_PARTS].authenticator)
+async def _identity(request: web.Request) -> Identity | None:
+    return await auth.identity_of_request(request, request.app[_PARTS].authenticator)
 
 
 def _scope(identity: Identity) -> str | None:
     """The project whose batches this identity sees; None for an admin: every project."""
-    return None if identity.admin else identity.project
+    return identity.scope
 
 
 def _api_base_url(request: web.Request) -> str:
@@ -190,14 +190,14 @@ async def _list_context(request: web.Request, identity: Identity) -> dict[str, A
 
 
 async def batch_list(request: web.Request) -> web.Response:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _sign_in_page(request)
     return _render(request, "batches.html", await _list_context(request, identity))
 
 
 async def batch_list_fragment(request: web.Request) -> web.Response:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _signed_out()
     return _fragment(request, "batches_live.html", await _list_context(request, identity), live=True)
@@ -236,7 +236,7 @@ async def _batch_context(request: web.Request, identity: Identity) -> dict[str, 
 
 
 async def batch_page(request: web.Request) -> web.Response:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _sign_in_page(request)
     try:
@@ -247,7 +247,7 @@ async def batch_page(request: web.Request) -> web.Response:
 
 
 async def batch_fragment(request: web.Request) -> web.Response:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _signed_out()
     try:
@@ -258,7 +258,7 @@ async def batch_fragment(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _sign_in_page(request)
     if not auth.same_origin(request):
@@ -276,7 +276,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    identity = _identity(request)
+    identity = await _identity(request)
     if identity is None:
         return _sign_in_page(request)
     project = identity.project
@@ -311,7 +311,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def sign_in_form(request: web.Request) -> web.Response:
-    if _identity(request) is not None:
+    if await _identity(request) is not None:
         return _see_other("/")
     return _sign_in_page(request, status=200)
 
@@ -323,7 +323,7 @@ async def sign_in(request: web.Request) -> web.Response:
     key, target = form.get("key"), form.get("next")
     key = key if isinstance(key, str) else ""
     target = auth.local_path(target if isinstance(target, str) else None)
-    if auth.check_key(request.app[_PARTS].authenticator, key) is None:
+    if await auth.check_key(request.app[_PARTS].authenticator, key) is None:
         refused = "That key was not accepted. Use one of this server's API keys."
         return _sign_in_page(request, refused, target=target)
     response = _see_other(target)
@@ -334,7 +334,7 @@ async def sign_in(request: web.Request) -> web.Response:
 async def sign_out(request: web.Request) -> web.Response:
     if not auth.same_origin(request):
         return _problem(
-            request, _identity(request), 403, "Refused", "Sign out from this dashboard's own page."
+            request, await _identity(request), 403, "Refused", "Sign out from this dashboard's own page."
         )
     response = _see_other("/")
     auth.forget_key(response, request)

@@ -14,28 +14,28 @@ COOKIE = "overnight_key"
 MAX_KEY_CHARS = 512
 
 
-def identity_of_request(request: web.Request, authenticator: Authenticator) -> Identity | None:
+async def identity_of_request(request: web.Request, authenticator: Authenticator) -> Identity | None:
     """The signed-in identity; None when keys are configured and the cookie holds none of them.
 
-    With no keys configured everyone is let in, as the API lets in any bearer token."""
-    if authenticator.open:
-        return authenticator.identify_key(None)
+    With no keys at all everyone is let in, as the API lets in any bearer token."""
+    if await authenticator.check_open():
+        return await authenticator.identify_key(None)
     key = request.cookies.get(COOKIE)
-    if not key:
+    if not key or len(key) > MAX_KEY_CHARS:
         return None
     try:
-        return authenticator.identify_key(key)
+        return await authenticator.identify_key(key)
     except Unauthorized:
         return None
 
 
-def check_key(authenticator: Authenticator, key: str) -> Identity | None:
+async def check_key(authenticator: Authenticator, key: str) -> Identity | None:
     """The identity of a key typed into the sign-in form, or None."""
     key = key.strip()
     if not key or len(key) > MAX_KEY_CHARS:
         return None
     try:
-        return authenticator.identify_key(key)
+        return await authenticator.identify_key(key)
     except Unauthorized:
         return None
 

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from overnight.domain import idempotency
 from overnight.domain.partial import line_window
-from overnight.http.auth import project_of
+from overnight.http.auth import scope_of
 from overnight.services.partial import PartialResults
 
 PARTIAL = web.AppKey("partial", PartialResults)
@@ -24,7 +24,7 @@ def idempotency_key(request: web.Request) -> str | None:
 async def content(request: web.Request) -> web.StreamResponse:
     query = request.query
     window = line_window(query.get("skip"), query.get("offset"), query.get("limit"))
-    found = await request.app[PARTIAL].read(project_of(request), request.match_info["file_id"], window)
+    found = await request.app[PARTIAL].read(scope_of(request), request.match_info["file_id"], window)
     headers = {
         "Content-Type": "application/octet-stream",
         INCOMPLETE: "true" if found.incomplete else "false",

@@ -10,7 +10,7 @@ from aiohttp import web
 from overnight.domain.ids import error_file_id, output_file_id
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.progress import Progress
-from overnight.http.auth import project_of
+from overnight.http.auth import scope_of
 from overnight.http.wire import json_response
 from overnight.services.progress import ProgressService
 
@@ -50,7 +50,7 @@ def _partial_results(progress: Progress) -> dict[str, str] | None:
 
 
 async def retrieve_progress(request: web.Request) -> web.Response:
-    progress = await request.app[PROGRESS].progress(project_of(request), request.match_info["batch_id"])
+    progress = await request.app[PROGRESS].progress(scope_of(request), request.match_info["batch_id"])
     return json_response(progress_json(progress))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from overnight.domain.retries import parse_selection
-from overnight.http.auth import project_of
+from overnight.http.auth import scope_of
 from overnight.http.params import json_object
 from overnight.http.partial import PARTIAL, idempotency_key
 from overnight.http.wire import batch_json, json_response
@@ -27,7 +27,7 @@ async def _retry(request: web.Request, route: str) -> web.Response:
     body = await _body(request)
     selection = parse_selection(body, need_request_ids=route == "retry-requests")
     batch = await request.app[RETRIES].retry(
-        project_of(request),
+        scope_of(request),
         request.match_info["batch_id"],
         selection,
         body=body,

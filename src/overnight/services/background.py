@@ -138,13 +138,14 @@ class BackgroundResponses:
             )
         raise InvalidRequest(error.message, param=param, code=error.code)
 
-    async def retrieve(self, project: str, response_id: str) -> dict[str, Any]:
+    async def retrieve(self, project: str | None, response_id: str) -> dict[str, Any]:
+        """The response, if it is the project's; `project` None: of any project (for an admin)."""
         stored = await self._stored(project, response_id)
         return current_response(stored, await self._result_line(stored.batch, response_id))
 
-    async def cancel(self, project: str, response_id: str) -> dict[str, Any]:
-        """Cancel a queued or in-progress response (again: the cancelled one); a finished one is
-        refused as OpenAI refuses it."""
+    async def cancel(self, project: str | None, response_id: str) -> dict[str, Any]:
+        """Cancel a queued or in-progress response (again: the cancelled one), if it is the project's
+        (`project` None: of any project); a finished one is refused as OpenAI refuses it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINALIZING_WAIT_S
         while True:
@@ -160,13 +161,13 @@ class BackgroundResponses:
             if response["status"] == CANCELLED:
                 return response
             try:
-                await self._batches.cancel(project, batch.id)
+                await self._batches.cancel(batch.project, batch.id)
             except Conflict:  # it moved on meanwhile: look again
                 continue
-            log.info("background response cancelled id=%s project=%s", response_id, project)
+            log.info("background response cancelled id=%s project=%s", response_id, batch.project)
             return {**response, "status": CANCELLED}
 
-    async def _stored(self, project: str, response_id: str) -> StoredResponse:
+    async def _stored(self, project: str | None, response_id: str) -> StoredResponse:
         batch_id = batch_id_of_response(response_id)
         stored = None if batch_id is None else await self._store.get_background_response(batch_id, project)
         if stored is None:

@@ -18,6 +18,7 @@ from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.lifecycle import CANCELLABLE, transition
 from overnight.domain.lines import split_line_groups
 from overnight.domain.models import Batch, BatchError, BatchStatus, Page
+from overnight.domain.quotas import RATE_WINDOW_S, batch_rate_exceeded, retry_after_s
 from overnight.domain.tokens import (
     TOKEN_LIMIT_CODE,
     InputEstimate,
@@ -138,8 +139,10 @@ class BatchesService:
         budgets: TokenBudgets | None = None,
         subscriptions: Subscriptions | None = None,
         idempotency: IdempotentCreates | None = None,
+        creation_rate_per_hour: int | None = None,
     ) -> None:
         self._idempotency = idempotency or IdempotentCreates(store, clock)
+        self._creation_rate = creation_rate_per_hour
         self._store = store
         self._ids = ids
         self._clock = clock
@@ -175,6 +178,7 @@ class BatchesService:
                 gone=batch_not_found,
             )
             return outcome.value
+        await self._check_creation_rate(project)
         input_file_id = _required_string(params, "input_file_id")
         endpoint = _choice(params, "endpoint", limits.BATCH_ENDPOINTS)
         window = _choice(params, "completion_window", self._windows)
@@ -215,6 +219,18 @@ class BatchesService:
         )
         self._on_change()
         return batch
+
+    async def _check_creation_rate(self, project: str) -> None:
+        """429 when the project already created `batch_create_rate_per_hour` batches in the last hour,
+        with the seconds until the oldest of those leaves the hour (counted in the store, so across API
+        servers; two creates at the same moment may both pass the last free place)."""
+        if self._creation_rate is None:
+            return
+        now = int(self._clock.now())
+        since = now - RATE_WINDOW_S + 1  # the last hour's seconds, this one included
+        nth = await self._store.nth_latest_batch_created_at(project, since, self._creation_rate)
+        if nth is not None:
+            raise batch_rate_exceeded(self._creation_rate, retry_after_s(nth, now))
 
     async def _add_within_budget(self, batch: Batch, budget: int) -> Batch:
         """Store the batch holding its estimated input tokens, or failed with `token_limit_exceeded`
@@ -270,7 +286,8 @@ class BatchesService:
         """The project's batches, newest first; `project` None: every project's (for an admin)."""
         return await self._store.list_batches(project, after=after, limit=limit)
 
-    async def cancel(self, project: str, batch_id: str) -> Batch:
+    async def cancel(self, project: str | None, batch_id: str) -> Batch:
+        """Cancel the batch, if it is the project's; `project` None: of any project (for an admin)."""
         while True:
             batch = await self.retrieve(project, batch_id)
             if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
@@ -279,6 +296,6 @@ class BatchesService:
                 raise Conflict(f"Cannot cancel a batch with status '{batch.status}'.")
             cancelling = transition(batch, BatchStatus.CANCELLING, int(self._clock.now()))
             if await self._store.transition_batch(cancelling, expected=(batch.status,)):
-                log.info("batch cancelling id=%s project=%s", batch_id, project)
+                log.info("batch cancelling id=%s project=%s", batch_id, batch.project)
                 self._on_change()
                 return await self.retrieve(project, batch_id)

@@ -106,13 +106,15 @@ class PartialResults:
         """The Batch object as the API shows it (see `with_result_file_ids`)."""
         return with_result_file_ids(batch) if self.early_result_file_ids else batch
 
-    async def read(self, project: str, file_id: str, window: LineWindow) -> Content:
+    async def read(self, project: str | None, file_id: str, window: LineWindow) -> Content:
+        """The file's lines in `window`, if it is the project's (`project` None: of any project, for
+        an admin); a batch's result file is then read in the batch's own project."""
         store, owner = self._store, result_file_batch(file_id)
         batch = None if owner is None or store is None else await store.get_batch(owner[0], project)
         if store is not None and owner is not None and batch is not None:
             if batch.status not in TERMINAL:
                 return await self._running(store, batch, owner[1], window)
-            return await self._finished(store, project, file_id, batch, owner[1], window)
+            return await self._finished(store, file_id, batch, owner[1], window)
         file, chunks = await self._files.content(project, file_id)
         if window.whole:
             return Content(chunks, file.bytes, False, None)
@@ -140,9 +142,9 @@ class PartialResults:
         return sum(group.count for group in await store.error_groups(batch.id))
 
     async def _finished(
-        self, store: MetadataStore, project: str, file_id: str, batch: Batch, output: bool, window: LineWindow
+        self, store: MetadataStore, file_id: str, batch: Batch, output: bool, window: LineWindow
     ) -> Content:
-        file, chunks = await self._files.content(project, file_id)
+        file, chunks = await self._files.content(batch.project, file_id)
         total = await self._line_count(store, batch, output)
         served = max(0, total - window.skip)
         if window.limit is not None:

@@ -68,7 +68,7 @@ class RetryService:
 
     async def retry(
         self,
-        project: str,
+        project: str | None,
         batch_id: str,
         selection: RetrySelection,
         *,
@@ -77,31 +77,34 @@ class RetryService:
         route: str = "retry",
     ) -> Batch:
         """The new batch of the lines of `batch_id`'s error file that `selection` chooses. `body` (the
-        request as sent) and `route` make the key's fingerprint."""
+        request as sent) and `route` make the key's fingerprint. `project` None: the batch may be of any
+        project (for an admin); the retry is that project's work all the same, so its new input file,
+        its batch and its Idempotency-Key belong to the batch's own project."""
         batch = await self._store.get_batch(batch_id, project)
         if batch is None:
             raise batch_not_found(batch_id)
+        owner = batch.project
         if batch.status not in TERMINAL:
             raise InvalidRequest(
                 f"Batch {batch_id} is {batch.status}; only a batch that has ended can be retried.",
                 code="batch_not_ended",
             )
-        input_file = await self._store.get_file(project, batch.input_file_id)
+        input_file = await self._store.get_file(owner, batch.input_file_id)
         if input_file is None or not await self._blobs.exists(blob_key(batch.input_file_id)):
             raise input_gone(batch)
         lines = await self._chosen_lines(batch, selection)
         if not lines:
             raise nothing_to_retry(batch)
         if idempotency_key is None:
-            return await self._create(project, batch, lines, None)
+            return await self._create(owner, batch, lines, None)
         fingerprint = json_fingerprint(f"POST /v1/batches/{batch_id}/{route}", body or {})
         outcome = await self._idempotency.create(
-            project,
+            owner,
             idempotency_key,
             fingerprint,
             new_id=self._ids.batch_id,
-            create=lambda new_id: self._create(project, batch, lines, new_id),
-            find=lambda found_id: self._store.get_batch(found_id, project),
+            create=lambda new_id: self._create(owner, batch, lines, new_id),
+            find=lambda found_id: self._store.get_batch(found_id, owner),
             gone=batch_not_found,
         )
         return outcome.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Literal, Protocol
 
+from overnight.domain.api_keys import StoredApiKey
 from overnight.domain.background import StoredResponse
 from overnight.domain.events import Delivery, Event
 from overnight.domain.idempotency import KeyRecord
@@ -60,17 +61,20 @@ class MetadataStore(Protocol):
         """Up to `limit` file ids of uploads begun before `started_before` that never got a record."""
         ...
 
-    async def get_file(self, project: str, file_id: str) -> FileObject | None: ...
-
-    async def list_files(
-        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
-    ) -> Page[FileObject]:
-        """Files of a project ordered by id (= creation), starting after the file `after`; never those
-        of background responses."""
+    async def get_file(self, project: str | None, file_id: str) -> FileObject | None:
+        """The file; None if absent or another project's (`project` None: of any project)."""
         ...
 
-    async def delete_file(self, project: str, file_id: str) -> bool:
-        """Remove the file's record; False when it did not exist."""
+    async def list_files(
+        self, project: str | None, *, purpose: str | None, after: str | None, limit: int, order: Order
+    ) -> Page[FileObject]:
+        """Files of a project (None: of every project) ordered by id (= creation), starting after the
+        file `after`; never those of background responses."""
+        ...
+
+    async def delete_file(self, project: str | None, file_id: str) -> bool:
+        """Remove the file's record; False when it did not exist or is another project's (`project`
+        None: of any project)."""
         ...
 
     async def files_expired_before(self, now: int, limit: int) -> list[FileObject]:
@@ -119,9 +123,10 @@ class MetadataStore(Protocol):
         `list_files` leaves out (its input, output and error files). `list_batches` leaves its batch out."""
         ...
 
-    async def get_background_response(self, batch_id: str, project: str) -> StoredResponse | None:
+    async def get_background_response(self, batch_id: str, project: str | None) -> StoredResponse | None:
         """The project's background response whose batch is `batch_id`, with the batch as `get_batch`
-        gives it; None if absent, another project's, or a batch of the Batch API."""
+        gives it; None if absent, another project's (`project` None: of any project), or a batch of the
+        Batch API."""
         ...
 
     # -- usage and budgets ----------------------------------------------------------------------
@@ -144,6 +149,17 @@ class MetadataStore(Protocol):
     async def sync_usage_by_day(self, project: str | None, start: int, end: int) -> list[SyncUsage]:
         """The synchronous usage of a project (None: of every project) on the UTC days starting in
         [start, end), by day, project, model, then tier."""
+        ...
+
+    # -- per-project limits (docs/limits.md) --------------------------------------------------------
+    async def stored_bytes(self, project: str, now: int) -> int:
+        """The summed `bytes` of the project's files that have not expired at `now` (`expires_at` unset
+        or after it), whatever their purpose: what its storage quota counts."""
+        ...
+
+    async def nth_latest_batch_created_at(self, project: str, since: int, n: int) -> int | None:
+        """The `created_at` of the project's n-th latest batch (n >= 1) created at or after `since`; None
+        when fewer than n were. Background responses' batches do not count."""
         ...
 
     # -- the webhooks' outbox: each event delivered to each of its endpoints ------------------------
@@ -319,4 +335,26 @@ class MetadataStore(Protocol):
 
     async def forget_keys_before(self, created_before: int) -> int:
         """Remove every key first used before `created_before`; how many went."""
+        ...
+
+    # -- API keys kept in the store (docs/auth.md): only the SHA-256 of each secret ----------------------
+    async def add_api_key(self, key: StoredApiKey) -> None:
+        """Store a new key (its id and its secret's hash are new)."""
+        ...
+
+    async def api_key_by_hash(self, secret_hash: str) -> StoredApiKey | None:
+        """The key whose secret hashes to `secret_hash`, revoked or not; None if there is none."""
+        ...
+
+    async def list_api_keys(self) -> list[StoredApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, now: int) -> StoredApiKey | None:
+        """Revoke the key from `now` (one revoked before keeps its time); the key as it is now, None if
+        there is no such key."""
+        ...
+
+    async def any_api_keys(self) -> bool:
+        """Whether any key was ever stored (revoked ones count)."""
         ...

@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from overnight.domain.api_keys import StoredApiKey
 from overnight.domain.background import StoredResponse
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.events import Delivery, Event
@@ -37,7 +38,9 @@ from overnight.domain.partial import ResultOrder
 from overnight.domain.progress import Sample
 from overnight.domain.sync import SyncUsage
 from overnight.store import postgres_background as background
+from overnight.store import postgres_keys as keys_sql
 from overnight.store import postgres_outbox as outbox
+from overnight.store import postgres_quotas as quotas_sql
 from overnight.store import postgres_sql as sql
 from overnight.store import postgres_stats as stats
 from overnight.store import postgres_streaming as streaming
@@ -45,6 +48,7 @@ from overnight.store import postgres_sync_usage as sync_sql
 from overnight.store import postgres_usage as usage_sql
 from overnight.store import schema
 from overnight.store import sync_usage_rows as sync_rows
+from overnight.store.api_key_rows import key_from_row, key_values
 from overnight.store.background_sql import stored_from_row
 from overnight.store.base import ALL_LINES, LineRange, Order
 from overnight.store.postgres_errors import PostgresUnavailable as PostgresUnavailable
@@ -253,19 +257,19 @@ class PostgresStore:
     async def abandoned_uploads(self, started_before: int, limit: int) -> list[str]:
         return [row[0] for row in await self._fetch(sql.ABANDONED_UPLOADS, started_before, max(limit, 0))]
 
-    async def get_file(self, project: str, file_id: str) -> FileObject | None:
+    async def get_file(self, project: str | None, file_id: str) -> FileObject | None:
         row = await self._fetchrow(sql.GET_FILE, file_id, project)
         return None if row is None else _file_from_row(row)
 
     async def list_files(
-        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+        self, project: str | None, *, purpose: str | None, after: str | None, limit: int, order: Order
     ) -> Page[FileObject]:
-        query = sql.LIST_FILES[(purpose is not None, after is not None, order == "asc")]
-        args = [value for value in (purpose, after) if value is not None]
-        rows = await self._fetch(query, project, *args, max(limit, 0) + 1)
+        query = sql.LIST_FILES[(purpose is not None, after is not None, order == "asc", project is None)]
+        args = [value for value in (project, purpose, after) if value is not None]
+        rows = await self._fetch(query, *args, max(limit, 0) + 1)
         return page([_file_from_row(row) for row in rows], limit)
 
-    async def delete_file(self, project: str, file_id: str) -> bool:
+    async def delete_file(self, project: str | None, file_id: str) -> bool:
         return await self._execute(sql.DELETE_FILE, file_id, project) > 0
 
     async def files_expired_before(self, now: int, limit: int) -> list[FileObject]:
@@ -331,7 +335,7 @@ class PostgresStore:
     ) -> None:
         await self._call(background.add_background_response(stored, input_file, hidden_files))
 
-    async def get_background_response(self, batch_id: str, project: str) -> StoredResponse | None:
+    async def get_background_response(self, batch_id: str, project: str | None) -> StoredResponse | None:
         row = await self._fetchrow(background.GET, batch_id, project)
         return None if row is None else stored_from_row(tuple(row))
 
@@ -364,6 +368,15 @@ class PostgresStore:
         else:
             found = await self._fetch(sync_sql.PROJECT_SYNC_USAGE_BY_DAY, start, end, project)
         return sync_rows.in_order(sync_rows.sync_usage(row) for row in found)
+
+    # -- per-project limits ----------------------------------------------------------------------
+    async def stored_bytes(self, project: str, now: int) -> int:
+        total: int = await self._fetchval(quotas_sql.STORED_BYTES, project, now)
+        return total
+
+    async def nth_latest_batch_created_at(self, project: str, since: int, n: int) -> int | None:
+        found: int | None = await self._fetchval(quotas_sql.NTH_LATEST_BATCH, project, since, n - 1)
+        return found
 
     # -- the webhooks' outbox --------------------------------------------------------------------
     async def claim_deliveries(
@@ -559,3 +572,21 @@ class PostgresStore:
 
     async def forget_keys_before(self, created_before: int) -> int:
         return await self._execute(streaming.FORGET_OLD_KEYS, created_before)
+
+    # -- API keys --------------------------------------------------------------------------------
+    async def add_api_key(self, key: StoredApiKey) -> None:
+        await self._execute(keys_sql.ADD, *key_values(key))
+
+    async def api_key_by_hash(self, secret_hash: str) -> StoredApiKey | None:
+        row = await self._fetchrow(keys_sql.BY_HASH, secret_hash)
+        return None if row is None else key_from_row(tuple(row))
+
+    async def list_api_keys(self) -> list[StoredApiKey]:
+        return [key_from_row(tuple(row)) for row in await self._fetch(keys_sql.LIST)]
+
+    async def revoke_api_key(self, key_id: str, now: int) -> StoredApiKey | None:
+        row = await self._fetchrow(keys_sql.REVOKE, key_id, now)
+        return None if row is None else key_from_row(tuple(row))
+
+    async def any_api_keys(self) -> bool:
+        return bool(await self._fetchval(keys_sql.ANY))

@@ -28,7 +28,7 @@ _HIDE_FILES = (
 )
 GET = (
     f"SELECT {', '.join(STORED_COLUMNS)} FROM batches JOIN background_responses ON batch_id = id"
-    " WHERE id = $1 AND project = $2"
+    " WHERE id = $1 AND project = COALESCE($2::text, project)"  # a project of None: any project
 )
 
 

@@ -39,15 +39,17 @@ ADD_FILE = (
 BEGIN_UPLOAD = "INSERT INTO uploads (file_id, started_at) VALUES ($1, $2) ON CONFLICT (file_id) DO NOTHING"
 END_UPLOAD = "DELETE FROM uploads WHERE file_id = $1"
 ABANDONED_UPLOADS = "SELECT file_id FROM uploads WHERE started_at < $1 ORDER BY started_at, file_id LIMIT $2"
-GET_FILE = f"{_FILE_SELECT} WHERE id = $1 AND project = $2"
-DELETE_FILE = "DELETE FROM files WHERE id = $1 AND project = $2"
+_OF_PROJECT = "project = COALESCE($2::text, project)"  # a project of None: any project (an admin's)
+GET_FILE = f"{_FILE_SELECT} WHERE id = $1 AND {_OF_PROJECT}"
+DELETE_FILE = f"DELETE FROM files WHERE id = $1 AND {_OF_PROJECT}"
 FILES_EXPIRED_BEFORE = f"{_FILE_SELECT} WHERE expires_at <= $1 ORDER BY expires_at, id LIMIT $2"
 FILE_IN_USE = "SELECT EXISTS (SELECT 1 FROM batches WHERE input_file_id = $1 AND status <> ALL($2::text[]))"
 
 
-def list_files(*, purpose: bool, after: bool, ascending: bool) -> str:
-    """The page query: $1 project, then $2 purpose and/or the `after` id when given, then the limit."""
-    clauses, params = ["project = $1", VISIBLE_FILE], 1
+def list_files(*, purpose: bool, after: bool, ascending: bool, every_project: bool = False) -> str:
+    """The page query: $1 project (none for `every_project`), then purpose and/or the `after` id when
+    given, then the limit."""
+    clauses, params = ([VISIBLE_FILE], 0) if every_project else (["project = $1", VISIBLE_FILE], 1)
     if purpose:
         params += 1
         clauses.append(f"purpose = ${params}")
@@ -59,10 +61,13 @@ def list_files(*, purpose: bool, after: bool, ascending: bool) -> str:
 
 
 LIST_FILES = {
-    (purpose, after, ascending): list_files(purpose=purpose, after=after, ascending=ascending)
+    (purpose, after, ascending, every): list_files(
+        purpose=purpose, after=after, ascending=ascending, every_project=every
+    )
     for purpose in (False, True)
     for after in (False, True)
     for ascending in (False, True)
+    for every in (False, True)
 }
 
 # -- batches -------------------------------------------------------------------------------------

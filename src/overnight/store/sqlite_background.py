@@ -25,7 +25,7 @@ _ADD_RESPONSE = "INSERT INTO background_responses (batch_id, response) VALUES (?
 _HIDE_FILE = "INSERT INTO background_files (file_id, batch_id) VALUES (?, ?) ON CONFLICT (file_id) DO NOTHING"
 _GET = (
     f"SELECT {', '.join(STORED_COLUMNS)} FROM batches JOIN background_responses ON batch_id = id"
-    " WHERE id = ? AND project = ?"
+    " WHERE id = ? AND project = COALESCE(?, project)"  # a project of None: any project
 )
 
 
@@ -42,6 +42,8 @@ def add_background_response(
         conn.executemany(_HIDE_FILE, [(file_id, batch.id) for file_id in hidden_files])
 
 
-def get_background_response(conn: sqlite3.Connection, batch_id: str, project: str) -> StoredResponse | None:
+def get_background_response(
+    conn: sqlite3.Connection, batch_id: str, project: str | None
+) -> StoredResponse | None:
     row = conn.execute(_GET, (batch_id, project)).fetchone()
     return None if row is None else stored_from_row(tuple(row))
