@@ -16,9 +16,12 @@ from pathlib import Path
 from aiohttp import web
 
 from overnight import __version__
+from overnight.binding import refuse_open_binding
 from overnight.config import ConfigError, Secrets, Settings
 from overnight.http.app import create_app, create_probe_app
 from overnight.http.dashboard import Dashboard
+from overnight.http.limits import request_limits
+from overnight.http.slow_clients import handler_args, site_for
 from overnight.wiring import Runtime, log_startup, open_runtime
 
 log = logging.getLogger("overnight")
@@ -110,6 +113,19 @@ async def _recover_alone(runtime: Runtime) -> None:
         log.info("deleted the content of %d upload(s) an earlier run left without a record", orphans)
 
 
+async def _check_binding(runtime: Runtime) -> None:
+    """Refuse (closing the runtime) to serve open beyond loopback unless told to (overnight/binding.py)."""
+    settings = runtime.settings
+    open_ = await runtime.authenticator.check_open()
+    try:
+        refuse_open_binding(settings.host, open_=open_, allow_unauthenticated=settings.allow_unauthenticated)
+    except ConfigError:
+        await runtime.close()
+        raise
+    if open_:
+        log.warning("no API keys (none configured, none stored): any bearer token is accepted")
+
+
 async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) -> None:
     port = settings.port if roles.api else roles.metrics_port
     sock = listening_socket(settings.host, port) if port is not None else None
@@ -120,6 +136,8 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
         runtime = await open_runtime(settings, secrets)
         log.info("Overnight %s starting: role=%s id=%s", __version__, roles.name, runtime.engine.worker_id)
         log_startup(runtime)
+        if roles.api:
+            await _check_binding(runtime)
         if alone:
             await _recover_alone(runtime)
         else:  # others may be writing now: only what is older than any write could be
@@ -151,29 +169,33 @@ async def serve(settings: Settings, secrets: Secrets, roles: Roles = Roles()) ->
             await runtime.close()
 
 
+def api_app(runtime: Runtime) -> web.Application:
+    """The HTTP API and the dashboard, as `overnight serve` runs them."""
+    return create_app(
+        runtime.files,
+        runtime.batches,
+        runtime.authenticator,
+        runtime.engine.metrics_text,
+        runtime.health,
+        runtime.models,
+        costs_service=runtime.costs,
+        progress_service=runtime.progress,
+        background_service=runtime.background,
+        partial=runtime.partial,
+        retries=runtime.retries,
+        sync_service=runtime.sync,
+        sync_body_limit=runtime.settings.sync_max_body_bytes,
+        dashboard_services=Dashboard(runtime.batches, runtime.files, runtime.progress, runtime.costs),
+        request_limits=request_limits(runtime.settings),
+    )
+
+
 async def _start_http(runtime: Runtime, roles: Roles, sock: socket.socket) -> web.AppRunner:
-    if roles.api:
-        app = create_app(
-            runtime.files,
-            runtime.batches,
-            runtime.authenticator,
-            runtime.engine.metrics_text,
-            runtime.health,
-            runtime.models,
-            costs_service=runtime.costs,
-            progress_service=runtime.progress,
-            background_service=runtime.background,
-            partial=runtime.partial,
-            retries=runtime.retries,
-            sync_service=runtime.sync,
-            sync_body_limit=runtime.settings.sync_max_body_bytes,
-            dashboard_services=Dashboard(runtime.batches, runtime.files, runtime.progress, runtime.costs),
-        )
-    else:
-        app = create_probe_app(runtime.engine.metrics_text, runtime.health)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    app = api_app(runtime) if roles.api else create_probe_app(runtime.engine.metrics_text, runtime.health)
+    keepalive = handler_args(runtime.settings.keepalive_timeout_s)  # http/slow_clients.py
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **keepalive)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await site_for(runner, sock).start()
     host, port = sock.getsockname()[:2]
     if roles.api:
         log.info("Overnight listening on http://%s:%d/v1 (dashboard: http://%s:%d/)", host, port, host, port)

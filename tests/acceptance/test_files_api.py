@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from openai import BadRequestError, NotFoundError, OpenAI
+from openai import APIStatusError, BadRequestError, NotFoundError, OpenAI
 
 from acceptance.conftest import (
     TERMINAL,
@@ -33,7 +33,7 @@ def _root(server: OvernightServer) -> str:
     return server.base_url.removesuffix("/v1")
 
 
-def _error_body(exc: BadRequestError | NotFoundError) -> dict[str, Any]:
+def _error_body(exc: APIStatusError) -> dict[str, Any]:
     body = exc.body
     assert isinstance(body, dict)
     assert set(body) >= {"message", "type", "param", "code"}
@@ -210,10 +210,12 @@ def test_oversized_batch_input_is_refused_and_not_kept(
     path = tmp_path / "too-big.jsonl"
     with path.open("wb") as handle:
         handle.truncate(BATCH_INPUT_LIMIT + 1)  # sparse: costs no disk here
-    with pytest.raises(BadRequestError) as caught:
+    with pytest.raises(APIStatusError) as caught:  # 413: no class of its own (docs/limits.md)
         client.files.create(file=path, purpose="batch")
+    assert caught.value.status_code == 413
     body = _error_body(caught.value)
     assert body["type"] == "invalid_request_error"
+    assert body["code"] == "file_too_large"
     assert str(BATCH_INPUT_LIMIT) in body["message"]
     assert caught.value.request_id
     assert all(f.filename != "too-big.jsonl" for f in client.files.list())

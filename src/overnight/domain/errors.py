@@ -34,6 +34,12 @@ class NotFound(ApiError):
     status = 404
 
 
+class RequestTimedOut(ApiError):
+    """The client stopped sending its request's body for longer than the idle timeout (docs/limits.md)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

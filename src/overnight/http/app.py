@@ -13,6 +13,8 @@ from overnight.http import partial as http_partial
 from overnight.http import retries as http_retries
 from overnight.http.auth import Authenticator, auth_middleware
 from overnight.http.errors import errors_middleware
+from overnight.http.limits import LIMITS, RequestLimits, body_limit_middleware
+from overnight.http.slow_clients import DEADLINES, HeaderDeadlines, request_started_middleware
 from overnight.http.wire import json_response
 from overnight.services.background import BackgroundResponses
 from overnight.services.batches import BatchesService
@@ -85,13 +87,23 @@ def create_app(
     sync_body_limit: int = 32 * 1024 * 1024,
     partial: PartialResults | None = None,
     retries: RetryService | None = None,
+    request_limits: RequestLimits | None = None,
 ) -> web.Application:
     # The dashboard's pages check the key their cookie holds themselves (http/dashboard_auth.py).
     public = ("/", "/ui") if dashboard_services is not None else ()
+    limits = request_limits or RequestLimits()
     app = web.Application(
-        middlewares=[request_id_middleware, errors_middleware, auth_middleware(authenticator, public)],
-        client_max_size=4 * 1024 * 1024,
+        middlewares=[
+            request_started_middleware,  # first: the request's headers are in (http/slow_clients.py)
+            request_id_middleware,
+            errors_middleware,
+            body_limit_middleware,  # http/limits.py
+            auth_middleware(authenticator, public),
+        ],
+        client_max_size=limits.max_body_bytes,
     )
+    app[LIMITS] = limits
+    app[DEADLINES] = HeaderDeadlines(limits.client_header_timeout_s)
     app.on_response_prepare.append(_prepare_streams)
     _add_probes(app, metrics_source, health_check)
     files.add_routes(app, files_service)

@@ -48,7 +48,7 @@ def _render_http_exception(exc: web.HTTPException, request: web.Request) -> web.
             405, f"Method {request.method} is not allowed for {request.path}.", code="method_not_allowed"
         )
     if exc.status == 413:
-        return error_response(400, "The request body is too large.", code="request_too_large")
+        return error_response(413, "The request body is too large.", code="request_too_large")
     if exc.status >= 400:
         return error_response(exc.status, exc.reason or "Bad request.")
     raise exc

@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from overnight.domain.errors import InvalidRequest
+from overnight.http.limits import limits_of, read_body
 
 
 def limit_param(request: web.Request, default: int, maximum: int) -> int:
@@ -40,7 +41,7 @@ def choice_param(request: web.Request, name: str, allowed: tuple[str, ...], defa
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request, limits_of(request).max_body_bytes)
     try:
         body = msgspec.json.decode(raw) if raw else None
     except msgspec.DecodeError:

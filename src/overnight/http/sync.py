@@ -17,9 +17,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from overnight.domain.errors import InvalidRequest, PayloadTooLarge
+from overnight.domain.errors import InvalidRequest
 from overnight.domain.sync import SYNC_ENDPOINTS
-from overnight.http import background
+from overnight.http import background, limits
 from overnight.http.auth import project_of
 from overnight.services.sync import StreamedAnswer, SyncService, WholeAnswer
 
@@ -31,24 +31,7 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole request body, refused past `limit` bytes (before reading it, when it says its size)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The request body is larger than this server's limit of {limit} bytes (setting "
-        "sync_max_body_bytes).",
-        code="request_too_large",
-    )
+    return await limits.read_body(request, limit, "sync_max_body_bytes")
 
 
 def _handler(endpoint: str) -> Handler:
