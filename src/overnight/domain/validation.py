@@ -17,10 +17,13 @@ Choices where the spec is silent (see also docs/compatibility.md):
   kept; line errors follow in line order up to `max_errors` entries in all.
 * Besides the five endpoints with a named required field, the image and video endpoints require `prompt`.
 * Values echoed into messages (custom_id, model) are cut at `_ECHO_MAX_CHARS` characters.
+* A line nesting arrays and objects more than `MAX_JSON_DEPTH` (256) deep is `invalid_json_line`: msgspec,
+  which also reads the lines to run them, would raise RecursionError at a depth that depends on the stack.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 MAX_CUSTOM_ID_CHARS: Final = 512
+MAX_JSON_DEPTH: Final = 256
 _ECHO_MAX_CHARS: Final = 256
 _JSON_WHITESPACE: Final = b" \t\r\n"
 _WHITESPACE_BYTES: Final = frozenset(_JSON_WHITESPACE)
@@ -49,6 +53,15 @@ _ABSENT: Final = msgspec.Raw()
 _NULL: Final = msgspec.Raw(b"null")
 
 _INVALID_JSON: Final = "This line is not parseable as valid JSON."
+_TOO_DEEP: Final = (
+    "This line is not parseable as valid JSON: its arrays and objects are nested more than "
+    f"{MAX_JSON_DEPTH} levels deep."
+)
+_NOT_BRACKETS: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_ONE_KIND_OF_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_OPEN: Final = ord("[")
+_BRACKET_RUN: Final = re.compile(rb"\[+|\]+")
+_PAIR_PASSES: Final = 8
 _INVALID_URL: Final = "The URL provided for this request does not match the batch endpoint."
 _INVALID_METHOD: Final = (
     "The method provided for this request is not supported. The Batch API only supports 'POST'."
@@ -165,10 +178,32 @@ def _echo(text: str) -> str:
 
 
 def _utf8_checked(raw: bytes) -> bytes:
-    """`raw`, once known to be UTF-8: msgspec does not check the strings inside values it skips."""
+    """`raw`, once known to be UTF-8 and nested at most MAX_JSON_DEPTH deep: msgspec does not check the
+    strings inside values it skips, and past a depth that depends on the stack it raises RecursionError."""
     if not raw.isascii():
         raw.decode()  # raises UnicodeDecodeError
+    if _too_deep(raw):
+        raise ValueError(_TOO_DEEP)
     return raw
+
+
+def _too_deep(raw: bytes) -> bool:
+    """True if `raw` nests arrays and objects more than MAX_JSON_DEPTH deep. Costs two byte counts for
+    a line with fewer brackets than that. Otherwise strings are cut out (once escaped backslashes and
+    quotes are gone, every quote opens or closes a string), the brackets kept as one kind, the innermost
+    pairs removed a few times (each time the depth goes down by one) and the runs that are left walked."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(_ONE_KIND_OF_BRACKETS, _NOT_BRACKETS)
+    for _ in range(_PAIR_PASSES):
+        brackets = brackets.replace(b"[]", b"")
+    depth, room = 0, MAX_JSON_DEPTH - _PAIR_PASSES
+    for run in _BRACKET_RUN.findall(brackets):
+        depth += len(run) if run[0] == _OPEN else -len(run)
+        if depth > room:
+            return True
+    return False
 
 
 def _is_absent(value: object) -> bool:
@@ -229,8 +264,8 @@ class BatchValidator:
             return  # reported once by finish(); nothing past the limit is kept
         try:
             line = self._line_decoder.decode(_utf8_checked(raw))
-        except ValueError:  # msgspec.DecodeError, UnicodeDecodeError
-            self._error(line_no, "invalid_json_line", _INVALID_JSON, None)
+        except ValueError:  # msgspec.DecodeError, UnicodeDecodeError, too deep
+            self._error(line_no, "invalid_json_line", _TOO_DEEP if _too_deep(raw) else _INVALID_JSON, None)
             return
         self._check_custom_id(line_no, line.custom_id)
         self._check_method(line_no, line.method)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import posixpath
 from collections.abc import AsyncIterable, AsyncIterator
@@ -12,16 +13,17 @@ from overnight.blobs.base import BlobStore, BlobTooLarge
 from overnight.domain import limits
 from overnight.domain.clock import Clock
 from overnight.domain.errors import InvalidRequest, file_not_found
+from overnight.domain.filenames import clean_filename
 from overnight.domain.idempotency import UploadFingerprint
 from overnight.domain.ids import IdGenerator, blob_key
 from overnight.domain.models import FileObject, Page
 from overnight.probes import NO_PROBE, Probe
 from overnight.services.idempotency import IdempotentCreates
+from overnight.services.upload_limits import Allowance, UploadLimits
 from overnight.store.base import MetadataStore, Order
 
 log = logging.getLogger("overnight.files")
 TEXT_FIELD_LIMIT = 64 * 1024
-FORM_OVERHEAD = 1024 * 1024  # room for the other form fields and multipart boundaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +81,44 @@ def check_purpose(purpose: str | None) -> str:
     return purpose
 
 
-def size_limit(purpose: str | None) -> int:
-    return limits.MAX_BATCH_INPUT_BYTES if purpose == "batch" else limits.MAX_FILE_BYTES
+def _check_not_repeated(part: FormPart, fields: dict[str, str], has_file: bool) -> None:
+    """A form names each field once: a second `file` or `purpose` would leave which one counts to chance."""
+    if part.name in fields or (part.name == "file" and has_file):
+        raise InvalidRequest(
+            f"The form field '{part.name}' is given more than once.", param=part.name, code="invalid_value"
+        )
 
 
-def too_large(purpose: str | None) -> InvalidRequest:
-    if purpose == "batch":
-        message = f"The batch input file is larger than the {limits.MAX_BATCH_INPUT_BYTES} maximum."
-    else:
-        message = f"File is too large. The maximum size is {limits.MAX_FILE_BYTES} bytes."
-    return InvalidRequest(message, param="file", code="file_too_large")
+def _expires_after(fields: dict[str, str]) -> dict[str, str | None]:
+    """`expires_after` as the SDK sends it (`expires_after[anchor]`, `expires_after[seconds]`) or as one
+    JSON part, the object OpenAI's spec describes; both keys are then required."""
+    if "expires_after" not in fields:
+        return {
+            "expires_after_anchor": fields.get("expires_after[anchor]"),
+            "expires_after_seconds": fields.get("expires_after[seconds]"),
+        }
+    try:
+        value = json.loads(fields["expires_after"])
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            "Invalid type for 'expires_after': expected an object.",
+            param="expires_after",
+            code="invalid_type",
+        )
+    for key in ("anchor", "seconds"):
+        if value.get(key) is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'expires_after.{key}'.",
+                param=f"expires_after.{key}",
+                code="missing_required_parameter",
+            )
+    seconds = value["seconds"]
+    return {
+        "expires_after_anchor": str(value["anchor"]),
+        "expires_after_seconds": str(seconds) if type(seconds) is int else "not an integer",
+    }
 
 
 def _expiry_seconds(anchor: str | None, seconds: str | None) -> int | None:
@@ -127,8 +157,10 @@ class FilesService:
         clock: Clock,
         probe: Probe = NO_PROBE,
         idempotency: IdempotentCreates | None = None,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self._idempotency = idempotency or IdempotentCreates(store, clock)
+        self._limits = upload_limits or UploadLimits(store, clock)
         self._probe = probe
         self._store = store
         self._blobs = blobs
@@ -156,13 +188,13 @@ class FilesService:
         fingerprint = UploadFingerprint("POST /v1/files") if idempotency_key is not None else None
         try:
             async for part in parts:
-                if part.name == "file" and staged is None:
-                    filename = part.filename or "upload"
-                    purpose = fields.get("purpose")
-                    if declared_bytes is not None and declared_bytes > size_limit(purpose) + FORM_OVERHEAD:
-                        raise too_large(purpose)  # refused before a byte of it is stored
+                _check_not_repeated(part, fields, staged is not None)
+                if part.name == "file":
+                    filename = clean_filename(part.filename) if part.filename else "upload"
+                    allowance = await self._limits.allowance(project, fields.get("purpose"))
+                    self._limits.check_declared(allowance, declared_bytes)  # before a byte is stored
                     chunks = part.chunks if fingerprint is None else _hashed(part.chunks, fingerprint)
-                    staged = await self._stage(chunks, purpose)
+                    staged = await self._stage(chunks, allowance)
                 elif part.name:
                     fields[part.name] = await _text(part)
             if staged is None:
@@ -172,8 +204,7 @@ class FilesService:
             form = UploadForm(
                 filename=filename,
                 purpose=fields.get("purpose"),
-                expires_after_anchor=fields.get("expires_after[anchor]"),
-                expires_after_seconds=fields.get("expires_after[seconds]"),
+                **_expires_after(fields),
             )
             file = self._describe(project, staged, form)
             self._probe.reached("upload.stored")
@@ -213,16 +244,16 @@ class FilesService:
         )
         return outcome.value
 
-    async def _stage(self, chunks: AsyncIterable[bytes], purpose: str | None) -> StagedContent:
+    async def _stage(self, chunks: AsyncIterable[bytes], allowance: Allowance) -> StagedContent:
         """Stream content to storage under an upload record, refusing it once it passes the
-        purpose's size limit."""
+        allowance (its purpose's size limit, or the room left in its project's storage quota)."""
         file_id = self._ids.file_id()
         await self._store.begin_upload(file_id, int(self._clock.now()))
         try:
-            size = await self._blobs.put(blob_key(file_id), chunks, max_bytes=size_limit(purpose))
+            size = await self._blobs.put(blob_key(file_id), chunks, max_bytes=allowance.max_bytes)
         except BlobTooLarge:
             await self._store.end_upload(file_id)
-            raise too_large(purpose) from None
+            raise self._limits.refusal(allowance) from None
         except BaseException:
             await asyncio.shield(self._store.end_upload(file_id))
             raise
@@ -246,8 +277,8 @@ class FilesService:
 
     def _describe(self, project: str, staged: StagedContent, form: UploadForm) -> FileObject:
         purpose = check_purpose(form.purpose)
-        if staged.size > size_limit(purpose):
-            raise too_large(purpose)
+        if staged.size > self._limits.sizes.limit_for(purpose):  # `purpose` came after the file
+            raise self._limits.sizes.too_large(purpose)
         extension = posixpath.splitext(form.filename)[1].lower()
         if purpose == "batch" and extension not in ("", ".jsonl"):
             raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl")
@@ -265,18 +296,20 @@ class FilesService:
             expires_at=None if ttl is None else now + ttl,
         )
 
-    async def retrieve(self, project: str, file_id: str) -> FileObject:
+    async def retrieve(self, project: str | None, file_id: str) -> FileObject:
+        """The file, if it is the project's; `project` None: of any project (for an admin)."""
         file = await self._store.get_file(project, file_id)
         if file is None:
             raise file_not_found(file_id)
         return file
 
     async def list(
-        self, project: str, *, purpose: str | None, after: str | None, limit: int, order: Order
+        self, project: str | None, *, purpose: str | None, after: str | None, limit: int, order: Order
     ) -> Page[FileObject]:
+        """The project's files; `project` None: every project's (for an admin)."""
         return await self._store.list_files(project, purpose=purpose, after=after, limit=limit, order=order)
 
-    async def delete(self, project: str, file_id: str) -> None:
+    async def delete(self, project: str | None, file_id: str) -> None:
         if not await self._store.delete_file(project, file_id):
             raise file_not_found(file_id)
         await self._forget_content(file_id)
@@ -286,7 +319,7 @@ class FilesService:
         if not await self._store.file_in_use(file_id):
             await self._blobs.delete(blob_key(file_id))
 
-    async def content(self, project: str, file_id: str) -> tuple[FileObject, AsyncIterator[bytes]]:
+    async def content(self, project: str | None, file_id: str) -> tuple[FileObject, AsyncIterator[bytes]]:
         file = await self.retrieve(project, file_id)
         if file.purpose in limits.DOWNLOAD_FORBIDDEN_PURPOSES:
             raise InvalidRequest(f"Not allowed to download files of purpose: {file.purpose}")
