@@ -90,8 +90,15 @@ class FakeUpstream:
         knobs: Directive | None = None,
         max_concurrency_before_429: int | None = None,
         track_keys: bool = True,
+        api_key: str | None = None,
+        echo_key: bool = False,
     ) -> None:
+        """`api_key`: when set, a model request must carry `Authorization: Bearer <api_key>`; any other
+        is answered 401 as OpenAI does, the key it got masked (`echo_key`: in full, as a careless server
+        might)."""
         self.host = host
+        self.api_key = api_key
+        self.echo_key = echo_key
         self.port = port
         self.knobs = knobs if knobs is not None else Directive()
         if latency_s and self.knobs.delay_ms is None:
@@ -205,6 +212,9 @@ class FakeUpstream:
             if self.in_flight > self.max_in_flight:
                 self.max_in_flight = self.in_flight
             try:
+                refused = self._refuse_key(request)
+                if refused is not None:
+                    return refused
                 return await self._answer(request, raw, build)
             except asyncio.CancelledError:
                 self._count_status("cancelled")
@@ -213,6 +223,19 @@ class FakeUpstream:
                 self.in_flight -= 1
 
         return handle
+
+    def _refuse_key(self, request: web.Request) -> web.Response | None:
+        """The 401 for a request without the expected key (None when no key is expected, or it is right)."""
+        if self.api_key is None:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and given.strip() == self.api_key:
+            return None
+        shown = given[:3] + "*" * 8 + given[-4:] if len(given) > 8 else "*" * 4
+        if self.echo_key:
+            shown = given
+        message = f"Incorrect API key provided: {shown}."
+        return self._json(401, error_body(401, message, "invalid_api_key"), "req_fake_unauthorized")
 
     async def _answer(
         self,
@@ -429,6 +452,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--text-body", default=None)
     parser.add_argument("--max-concurrency-before-429", type=int, default=None)
     parser.add_argument("--no-track-keys", action="store_true", help="don't count requests per key")
+    parser.add_argument("--api-key", default=None, help="answer 401 unless 'Authorization: Bearer <this>'")
+    parser.add_argument("--echo-key", action="store_true", help="a 401 shows the wrong key in full")
     return parser.parse_args(argv)
 
 
@@ -449,6 +474,8 @@ async def _serve(args: argparse.Namespace) -> None:
         knobs=knobs,
         max_concurrency_before_429=args.max_concurrency_before_429,
         track_keys=not args.no_track_keys,
+        api_key=args.api_key,
+        echo_key=args.echo_key,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -282,7 +282,7 @@ def test_connection_refused(run: Run) -> None:
         with pytest.raises(NotConnected) as raised:
             await post(client)
         assert isinstance(raised.value.__cause__, ConnectionRefusedError)
-        assert "ConnectionRefusedError" in str(raised.value)
+        assert "refused the connection" in str(raised.value)
         await client.close()
 
     run(scenario())

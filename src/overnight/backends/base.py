@@ -71,3 +71,22 @@ class Backend(Protocol):
         exactly as `attempt` gives it (an error, no answer, or a backend that cannot stream refusing
         with a 400). No retries and no concurrency bound of its own, as for `attempt`."""
         ...
+
+
+_IN_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionResetError, "the upstream reset the connection"),
+    (ConnectionRefusedError, "the upstream refused the connection (is it running, on that port?)"),
+    (BrokenPipeError, "the upstream closed the connection while the request was being sent"),
+    (ConnectionAbortedError, "the connection was aborted"),
+)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Why a request to an upstream got no answer, in words a user of the error file understands: the
+    common socket failures by what happened, anything else by its class and message."""
+    text = str(exc)
+    for kind, words in _IN_WORDS:
+        if isinstance(exc, kind):
+            return words
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -8,7 +8,10 @@ Any other base path is kept (`https://host/openai/v1` + `/v1/embeddings` -> `...
 Bodies: the request body is sent byte for byte. The answer's body is kept byte for byte when it is
 a JSON object on one line; a JSON object spread over several lines (pretty-printed, or ending in a
 newline) is re-encoded compactly, because result lines splice it into JSONL. Anything else is
-wrapped in an OpenAI-shaped error object. A 2xx answer that is not a JSON object becomes a 502.
+wrapped in an OpenAI-shaped error object. A 2xx answer that is not a JSON object becomes a 502, and
+so does a 2xx answer that is only an error (an `error` object with a `message`, and no `object`
+member: a Responses API `response` that failed keeps its 200), so the line is retried and, in the end,
+written to the error file with the upstream's words rather than to the output file as a success.
 Requests that get no HTTP answer end as 502 (`upstream_unreachable`) or 504 (`upstream_timeout`).
 Retries and concurrency are the scheduler's (engine/scheduler.py); this backend only reads what the
 upstream said about them: `retry-after-ms` / `retry-after` and `x-should-retry`.
@@ -34,7 +37,7 @@ import msgspec
 from yarl import URL
 
 from overnight import __version__
-from overnight.backends.base import Attempt, StreamAnswer
+from overnight.backends.base import Attempt, StreamAnswer, describe_exception
 from overnight.backends.http_stream import open_stream
 from overnight.backends.wire import Http1Client, NotConnected, Response
 from overnight.config import BackendConfig
@@ -43,6 +46,7 @@ from overnight.domain.models import Usage
 from overnight.domain.results import object_usage
 
 MAX_ERROR_TEXT = 1000
+REDACTED_KEY = b"[the backend's API key]"
 KEEPALIVE_S = 4.0
 CONNECT_TIMEOUT_S = 10.0
 
@@ -76,6 +80,10 @@ def normalize_answer(status: int, data: bytes) -> tuple[int, bytes, Usage | None
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         pass
     else:
+        refused = _error_instead_of_result(data) if 200 <= status < 300 and b'"error"' in data else None
+        if refused is not None:
+            message = f"The upstream answered HTTP {status} with an error instead of a result: {refused}"
+            return 502, error_body(message, "upstream_invalid_response"), None
         if b"\n" in data or b"\r" in data:
             return status, _encode(_any_decoder.decode(data)), usage
         return status, data, usage
@@ -88,6 +96,29 @@ def normalize_answer(status: int, data: bytes) -> tuple[int, bytes, Usage | None
     if not text:
         text = f"The upstream answered HTTP {status} with an empty body."
     return status, error_body(text, None), None
+
+
+class _ErrorMessage(msgspec.Struct):
+    message: str
+
+
+class _ErrorOnly(msgspec.Struct, rename={"kind": "object"}):
+    error: _ErrorMessage | None = None
+    kind: Any = None
+
+
+_error_only = msgspec.json.Decoder(_ErrorOnly)
+
+
+def _error_instead_of_result(data: bytes) -> str | None:
+    """The message of a body that is an OpenAI error and not a result (see the module docstring)."""
+    try:
+        probe = _error_only.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if probe.error is None or probe.kind is not None:
+        return None
+    return " ".join(probe.error.message.split())[:MAX_ERROR_TEXT] or "(no message)"
 
 
 def _new_request_id() -> str:
@@ -114,6 +145,7 @@ class HttpBackend:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._key = api_key.encode() if api_key else None  # hidden from the upstream's error answers
         self._timeout_s = timeout_s
         self._clock = clock if clock is not None else SystemClock()
         self._urls: dict[str, URL] = {}
@@ -224,6 +256,8 @@ class HttpBackend:
         retry_after = parse_retry_after(headers, self._clock.now()) if status >= 300 else None
         request_id = headers.get("x-request-id") or _new_request_id()
         status, data, usage = normalize_answer(status, data)
+        if self._key is not None and status >= 300 and self._key in data:
+            data = data.replace(self._key, REDACTED_KEY)  # an upstream that echoes the key it was sent
         return Attempt(
             status,
             data,
@@ -256,7 +290,7 @@ class HttpBackend:
         except TimeoutError:  # a subclass of OSError: first
             return self._no_answer(_TIMEOUT, f"no answer within {self._timeout_s:g} s")
         except OSError as exc:  # ConnectionError, ssl.SSLError, DNS errors
-            return self._no_answer(_UNREACHABLE, _describe(exc))
+            return self._no_answer(_UNREACHABLE, describe_exception(exc))
 
     def _no_answer(self, kind: tuple[int, str], detail: str, *, reached: bool = True) -> Attempt:
         status, code = kind
@@ -268,12 +302,6 @@ def _retry_verdict(headers: Mapping[str, str]) -> bool | None:
     """The upstream's `x-should-retry` verdict, or None when it gave none."""
     override = headers.get("x-should-retry")
     return None if override not in ("true", "false") else override == "true"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 import aiohttp
 from yarl import URL
 
-from overnight.backends.base import Attempt, StreamAnswer
+from overnight.backends.base import Attempt, StreamAnswer, describe_exception
 
 EVENT_STREAM = "text/event-stream"
 _STREAM_HEADERS = {"Accept": EVENT_STREAM}
@@ -44,11 +44,11 @@ async def open_stream(
     try:
         response = await session.post(url, data=body, headers=_STREAM_HEADERS, timeout=timeout)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        return no_answer(False, f"could not connect: {_describe(exc)}", False)
+        return no_answer(False, f"could not connect: {describe_exception(exc)}", False)
     except TimeoutError:
         return no_answer(True, f"no answer within {read_timeout_s:g} s", True)
     except (aiohttp.ClientError, OSError) as exc:
-        return no_answer(False, _describe(exc), True)
+        return no_answer(False, describe_exception(exc), True)
     content_type = response.headers.get("Content-Type", "")
     if 200 <= response.status < 300 and content_type.startswith(EVENT_STREAM):
         request_id = response.headers.get("x-request-id") or f"req_{secrets.token_hex(16)}"
@@ -59,7 +59,7 @@ async def open_stream(
     except TimeoutError:
         return no_answer(True, f"the answer did not end within {read_timeout_s:g} s", True)
     except (aiohttp.ClientError, OSError) as exc:
-        return no_answer(False, _describe(exc), True)
+        return no_answer(False, describe_exception(exc), True)
     finally:
         response.release()
     return whole(response.status, data, response.headers)
@@ -72,7 +72,7 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, Non
     except TimeoutError:
         raise
     except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectionError(f"the upstream's stream broke off: {_describe(exc)}") from exc
+        raise ConnectionError(f"the upstream's stream broke off: {describe_exception(exc)}") from exc
 
 
 def _closer(
@@ -86,9 +86,3 @@ def _closer(
             response.close()
 
     return close
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name

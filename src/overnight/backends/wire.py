@@ -29,6 +29,7 @@ import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from overnight.backends.base import describe_exception
 from overnight.backends.wire_conn import Connection, Response, StaleConnection
 
 __all__ = ["Http1Client", "NotConnected", "Response"]
@@ -240,9 +241,8 @@ class Http1Client:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else f"{name} (while connecting)"
+    described = describe_exception(exc)
+    return described if str(exc) or described != type(exc).__name__ else f"{described} (while connecting)"
 
 
 def _authority(netloc: str, hostname: str, port: int | None) -> str:

@@ -196,7 +196,7 @@ class Connection(asyncio.Protocol):
 
     def _lost(self, exc: Exception | None) -> BaseException:
         if self._answered:
-            error = ConnectionError("the connection closed in the middle of the answer")
+            error = ConnectionError(self._cut_off(exc))
             error.__cause__ = exc
             return error
         if exc is None:
@@ -204,6 +204,17 @@ class Connection(asyncio.Protocol):
                 return StaleConnection("the server closed the kept-alive connection before answering")
             return ConnectionError("the server closed the connection without answering")
         return exc if isinstance(exc, OSError) else ConnectionError(str(exc) or type(exc).__name__)
+
+    def _cut_off(self, exc: Exception | None) -> str:
+        """An answer that began and never ended, in words: reset or closed, and how much came."""
+        how = "was reset" if isinstance(exc, ConnectionResetError) else "closed"
+        text = f"the connection {how} in the middle of the answer"
+        expected = self._headers.get("content-length")
+        if self._headers_done and expected is not None:
+            status = self._parser.get_status_code()
+            received = sum(len(piece) for piece in self._body)
+            text += f" (HTTP {status}, {received} of {expected} bytes of the body came)"
+        return text
 
     def _on_timeout(self) -> None:
         self._timer = None
