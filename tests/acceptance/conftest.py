@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -145,12 +146,20 @@ def error_shape(response: httpx2.Response, status: int) -> dict[str, Any]:
     return error
 
 
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database (`overnight migrate` or the first server builds the schema)."""
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (`overnight migrate` or the first server builds the schema),
+    dropped afterwards; its URL."""
     found = postgres.server()
     name = asyncio.run(found.create_database())
     try:
         yield found.dsn(name)
     finally:
         asyncio.run(found.drop_database(name))
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, for one test."""
+    with scratch_database() as url:
+        yield url

@@ -5,10 +5,9 @@ in its own project (ops), where alpha does not see it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +16,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from acceptance.conftest import WAIT_TIMEOUT_S, chat_line, make_client, upload, wait_for, write_config
-from acceptance.test_stored_keys import create_key
-from support import postgres
-from support.server import FakeUpstreamProcess, OvernightServer
+from acceptance.conftest import WAIT_TIMEOUT_S, chat_line, make_client, upload, wait_for
+from acceptance.projects import projects_server
+from support.server import FakeUpstreamProcess
 
 ALPHA_KEY = "sk-config-alpha-admin-scope-01"  # alpha's key comes from the config file
 SECRET_TEXT = b"alpha-private-content-admin-scope"
@@ -46,37 +44,16 @@ class World:
         return httpx2.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
-def _database() -> Generator[str, None, None]:
-    found = postgres.server()
-    name = asyncio.run(found.create_database())
-    try:
-        yield found.dsn(name)
-    finally:
-        asyncio.run(found.drop_database(name))
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def world(
     request: pytest.FixtureRequest, upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     root = tmp_path_factory.mktemp(f"admin-scope-{request.param}")
-    database = _database() if request.param == "postgres" else None
-    env = {"OVERNIGHT_DATABASE_URL": next(database)} if database is not None else {}
-    try:
-        config = write_config(root / "overnight.toml", upstream.base_url, api_keys={ALPHA_KEY: "alpha"})
-        where = ("--data-dir", str(root / "data"), "--config", str(config))
-        beta = create_key("--project", "beta", *where, env=env).secret
-        admin = create_key("--project", "ops", "--admin", *where, env=env).secret
-        server = OvernightServer(root / "data", config, env=env)
-        server.start()
+    with projects_server(root, upstream.base_url, request.param, ALPHA_KEY) as running:
         try:
-            yield _alpha_work(server.base_url, beta, admin)
+            yield _alpha_work(running.server.base_url, running.beta_key, running.admin_key)
         finally:
             upstream.control(release=-1)  # the held lines and response end
-            server.stop()
-    finally:
-        if database is not None:
-            database.close()
 
 
 def _alpha_work(base_url: str, beta: str, admin: str) -> World:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +19,10 @@ import httpx2
 import pytest
 
 from acceptance.conftest import chat_line, make_client, upload, wait_for, write_config
-from acceptance.test_stored_keys import create_key
+from acceptance.projects import projects_server
 from overnight.config import load_secrets, load_settings
 from overnight.server import api_app
 from overnight.wiring import open_runtime
-from support import postgres
 from support.server import FakeUpstreamProcess, OvernightServer
 
 ALPHA_KEY = "sk-config-alpha-0123456789"  # alpha's key comes from the config file, beta's from the store
@@ -53,36 +52,13 @@ class World:
         return (*self.alpha_ids, SECRET_TEXT.decode(), SECRET_NAME, "alpha-line", "alpha")
 
 
-def _database() -> Generator[str, None, None]:
-    found = postgres.server()
-    name = asyncio.run(found.create_database())
-    try:
-        yield found.dsn(name)
-    finally:
-        asyncio.run(found.drop_database(name))
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def world(
     request: pytest.FixtureRequest, upstream: FakeUpstreamProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     root = tmp_path_factory.mktemp(f"isolation-{request.param}")
-    database = _database() if request.param == "postgres" else None
-    env = {"OVERNIGHT_DATABASE_URL": next(database)} if database is not None else {}
-    try:
-        config = write_config(root / "overnight.toml", upstream.base_url, api_keys={ALPHA_KEY: "alpha"})
-        where = ("--data-dir", str(root / "data"), "--config", str(config))
-        beta = create_key("--project", "beta", *where, env=env).secret
-        admin = create_key("--project", "ops", "--admin", *where, env=env).secret
-        server = OvernightServer(root / "data", config, env=env)
-        server.start()
-        try:
-            yield _alpha_work(server, beta, admin)
-        finally:
-            server.stop()
-    finally:
-        if database is not None:
-            database.close()
+    with projects_server(root, upstream.base_url, request.param, ALPHA_KEY) as running:
+        yield _alpha_work(running.server, running.beta_key, running.admin_key)
 
 
 def _alpha_work(server: OvernightServer, beta: str, admin: str) -> World:
