@@ -54,6 +54,7 @@ from overnight.store.rows import (
     batch_values,
     page,
 )
+from overnight.store.sqlite_checkpoint import BACKSTOP_PAGES, WalCheckpointer
 from overnight.store.sqlite_tx import placeholders, transaction
 
 P = ParamSpec("P")
@@ -112,6 +113,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _leave_checkpoints_to_the_checkpointer(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # store/sqlite_checkpoint.py
 
 
 def _connect_and_migrate(path: Path, migrations: Sequence[schema.Migration], now: int) -> sqlite3.Connection:
@@ -279,6 +284,7 @@ class SqliteStore:
         self._clock = clock if clock is not None else SystemClock()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._checkpoints: WalCheckpointer | None = None
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -292,11 +298,17 @@ class SqliteStore:
             executor.shutdown(wait=False)
             raise
         self._executor, self._conn = executor, conn
+        await self._call(_leave_checkpoints_to_the_checkpointer)
+        self._checkpoints = WalCheckpointer(self._path)
+        await self._checkpoints.start()
 
     async def close(self) -> None:
         conn, executor = self._conn, self._executor
         if conn is None or executor is None:
             return
+        if self._checkpoints is not None:
+            await self._checkpoints.stop()
+            self._checkpoints = None
         self._conn = self._executor = None  # new calls fail at once; queued ones run before the close
         await asyncio.get_running_loop().run_in_executor(executor, conn.close)
         executor.shutdown(wait=False)
