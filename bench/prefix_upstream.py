@@ -20,10 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,9 +28,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from support.server import http_json, stop_process
-
-from .procs import REPO
+from .sim_process import SimProcess, serve_until_signalled
 
 BLOCK_CHARS = 64
 
@@ -139,50 +133,14 @@ def build_app(slots: int, cache_blocks: int, hit_ms: float, miss_ms: float) -> w
     return app
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    app = build_app(args.slots, args.cache_blocks, args.hit_ms, args.miss_ms)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-class PrefixUpstream:
-    """This module as a subprocess (its own CPU, like the other benches' upstreams)."""
+class PrefixUpstream(SimProcess):
+    """This module as a subprocess."""
 
     def __init__(self, slots: int, cache_blocks: int, hit_ms: float, miss_ms: float) -> None:
-        command = [sys.executable, "-m", "bench.prefix_upstream", "--port", "0", "--slots", str(slots)]
-        command += ["--cache-blocks", str(cache_blocks), "--hit-ms", str(hit_ms), "--miss-ms", str(miss_ms)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"prefix upstream failed to start: {line!r}")
-        self.base_url = line.split(" ", 1)[1]  # ends in /v1
-        self.root = self.base_url.removesuffix("/v1")
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = http_json("GET", f"{self.root}/_stats", timeout=30.0)
-        return result
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=10)
-
-    def __enter__(self) -> PrefixUpstream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        arguments = ["--slots", str(slots), "--cache-blocks", str(cache_blocks)]
+        super().__init__(
+            "bench.prefix_upstream", [*arguments, "--hit-ms", str(hit_ms), "--miss-ms", str(miss_ms)]
+        )
 
 
 def main() -> None:
@@ -192,7 +150,9 @@ def main() -> None:
     parser.add_argument("--cache-blocks", type=int, default=264)
     parser.add_argument("--hit-ms", type=float, default=10.0)
     parser.add_argument("--miss-ms", type=float, default=60.0)
-    uvloop.run(_serve(parser.parse_args()))
+    args = parser.parse_args()
+    app = build_app(args.slots, args.cache_blocks, args.hit_ms, args.miss_ms)
+    uvloop.run(serve_until_signalled(app, args.port))
 
 
 if __name__ == "__main__":

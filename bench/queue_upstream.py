@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +20,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from support.server import http_json, stop_process
-
-from .procs import REPO
+from .sim_process import SimProcess, serve_until_signalled
 
 ONLINE_HEADER = "X-Bench-Online"
 
@@ -116,55 +110,16 @@ def build_app(slots: int, service_ms: float) -> web.Application:
     return app
 
 
-async def _serve(port: int, slots: int, service_ms: float) -> None:
-    runner = web.AppRunner(build_app(slots, service_ms), access_log=None)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    site = web.SockSite(runner, sock, backlog=1024)
-    await site.start()
-    print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-class QueueUpstream:
-    """This module as a subprocess (its own CPU, like the other benches' upstreams)."""
+class QueueUpstream(SimProcess):
+    """This module as a subprocess."""
 
     def __init__(self, slots: int, service_ms: float) -> None:
-        command = [sys.executable, "-m", "bench.queue_upstream", "--port", "0"]
-        command += ["--slots", str(slots), "--service-ms", str(service_ms)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"queue upstream failed to start: {line!r}")
-        self.base_url = line.split(" ", 1)[1]  # ends in /v1
-        self.root = self.base_url.removesuffix("/v1")
+        super().__init__("bench.queue_upstream", ["--slots", str(slots), "--service-ms", str(service_ms)])
         self.slots, self.service_ms = slots, service_ms
 
     @property
     def capacity_rps(self) -> float:
         return self.slots * 1000 / self.service_ms
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = http_json("GET", f"{self.root}/_stats", timeout=30.0)
-        return result
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=10)
-
-    def __enter__(self) -> QueueUpstream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:
@@ -173,7 +128,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--service-ms", type=float, default=40.0)
     args = parser.parse_args()
-    uvloop.run(_serve(args.port, args.slots, args.service_ms))
+    uvloop.run(serve_until_signalled(build_app(args.slots, args.service_ms), args.port))
 
 
 if __name__ == "__main__":
