@@ -25,11 +25,18 @@ from typing import Any
 
 import aiohttp
 
+from . import shared_sim
 from .client import Api, session
 from .procs import CpuMeter, Overnight
 from .queue_upstream import ONLINE_HEADER, QueueUpstream
 from .report import Section, cores, ms, rate, ratio
-from .shared_background import SETTLE_S, TARGET_QUEUE_DELAY_MS, measured_background, step_response
+from .shared_background import (
+    LOAD_METRICS_INTERVAL_S,
+    SETTLE_S,
+    TARGET_QUEUE_DELAY_MS,
+    measured_background,
+    step_response,
+)
 
 SLOTS = 16
 SERVICE_MS = 40.0
@@ -39,6 +46,7 @@ SEED = 20261201
 STEADY_FROM = 0.25  # of the online window: the served rates are counted after it
 GOAL_P99 = 1.2  # issue 12, background backend: online p99 <= 1.2x the baseline's
 GOAL_THROUGHPUT = 0.85  # and the batch's throughput >= 0.85 of the idle capacity
+CURVE_HEADROOMS = (1, -1)  # (c) is occupancy_headroom 0: one over the server's slots, one kept free
 
 
 def _body(index: int) -> bytes:
@@ -205,6 +213,21 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
             )
             for label in ("load", "delay")
         }
+        curve = {  # (c) at two more settings of occupancy_headroom: the trade-off between the goals
+            headroom: await measured_background(
+                work,
+                f"shared-headroom{headroom}",
+                upstream,
+                True,
+                _batch_file(work / "shared-curve.jsonl", batch_lines),
+                batch_lines,
+                online,
+                counts,
+                duration_s,
+                headroom,
+            )
+            for headroom in CURVE_HEADROOMS
+        }
         longest = _batch_file(work / "shared-step.jsonl", batch_lines * 2)  # (e): cut off at the end
         step = await step_response(work, upstream, longest, online, with_load=True)
     idle_capacity = capacity - loaded["online_served_rps"]
@@ -213,7 +236,7 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
     section.data.update(
         {"capacity_rps": capacity, "online_rps": rps, "idle": idle, "dedicated": loaded,
          "idle_capacity_rps": idle_capacity, "p99_ratio": p99_x, "throughput_share": share,
-         "background": background, "step": step}
+         "background": background, "curve": curve, "step": step}
     )  # fmt: skip
     section.add("(a) online p50 / p99, no batch (baseline)", f"{ms(idle['p50_ms'])} / {ms(idle['p99_ms'])}")
     section.add(
@@ -230,7 +253,14 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
     _ended_row(section, "(b)", loaded)
     for label, name in (("load", "(c) background, load signal"), ("delay", "(d) background, delay signal")):
         _background_rows(section, name, background[label], idle, capacity)
+    for headroom, found in curve.items():
+        _curve_row(section, headroom, found, idle, capacity)
     _step_rows(section, step)
+    for name, p99_x, simulated_share in shared_sim.table():
+        section.add(
+            f"(f) simulated offline, {name}: online p99 / (a); batch / idle",
+            f"{ratio(p99_x)}; {ratio(simulated_share)}",
+        )
     section.notes.append(
         f"upstream: {SLOTS} slots x {SERVICE_MS:.0f} ms, FIFO queue, no 429 = {rate(capacity)}; online "
         f"Poisson at {rate(rps)} for {duration_s:.0f} s each (sent {idle['sent_rps']:.0f} / "
@@ -244,9 +274,14 @@ async def run(work: Path, duration_s: float, batch_lines: int) -> Section:
         f'(c), (d): traffic = "background", target_queue_delay_ms = {TARGET_QUEUE_DELAY_MS:g} (the simulated '
         f"request takes {SERVICE_MS:.0f} ms), max_concurrency {MAX_CONCURRENCY}; online traffic starts with "
         f"the batch, measured after {SETTLE_S:.0f} s; (c) has load_metrics_url on the upstream's /metrics, "
-        "(d) none; (e) runs as (c)"
+        f"read every {LOAD_METRICS_INTERVAL_S:g} s, occupancy_headroom 0 (the trade-off rows: "
+        f"{', '.join(f'{h:+d}' for h in CURVE_HEADROOMS)}, {batch_lines} lines), (d) none; (e) runs as (c)"
     )
     served = loaded["online_served_rps"] + loaded["batch_served_rps"]
+    section.notes.append(
+        "(f): bench/shared_sim.py, the same server and online traffic simulated on a clock of its own (no "
+        "host noise: online p99 alone 41 ms), with the real window of engine/neighbour.py; 50 s counted"
+    )
     section.notes.append(
         f"the upstream served {served:.0f} req/s in all during (b), against its nominal {capacity:.0f}: each "
         "slot's timer overshoots a little, which the throughput ratios count against the batch"
@@ -290,6 +325,25 @@ def _background_rows(
     low, high = found["window_range"] or (0, 0)
     section.add(f"{name}: window median (range)", f"{found['window_median']} ({low:g}-{high:g})")
     _ended_row(section, name, found)
+
+
+def _curve_row(
+    section: Section, headroom: int, found: dict[str, Any], idle: dict[str, Any], capacity: float
+) -> None:
+    idle_capacity = capacity - found["online_served_rps"]
+    p99_x = found["p99_ms"] / idle["p99_ms"]
+    share = found["batch_served_rps"] / idle_capacity
+    found.update({"p99_ratio": p99_x, "throughput_share": share, "idle_capacity_rps": idle_capacity})
+    ended = found["batch_status"] == "completed" and found["batch_still_running_after"]
+    section.add(
+        f"(c) trade-off, occupancy_headroom {headroom:+d}: online p99 / (a); batch / idle; window",
+        f"{ms(found['p99_ms'])}, {ratio(p99_x)}; {ratio(share)}; {found['window_median']}"
+        + (
+            ""
+            if ended
+            else f" (batch {found['batch_status']}, still running: {found['batch_still_running_after']})"
+        ),
+    )
 
 
 def _step_rows(section: Section, step: dict[str, Any]) -> None:

@@ -28,16 +28,21 @@ STEP_IDLE_S = 6.0  # (e): no online traffic, then ...
 STEP_LOADED_S = 10.0  # ... online at half the capacity, then none again for as long
 SETTLED_BAND = 0.25  # (e): the window has settled once within this share of the phase's final level
 TARGET_QUEUE_DELAY_MS = 2.0  # 5 % of the simulated 40 ms request, as 20 ms is of a 0.4 s one
+LOAD_METRICS_INTERVAL_S = 0.05  # (c), (e): the window follows each reading of the server's occupancy
 MAX_CONCURRENCY = 128
 
 
-def background_server(work: Path, name: str, upstream_base: str, with_load: bool) -> Overnight:
+def background_server(
+    work: Path, name: str, upstream_base: str, with_load: bool, headroom: int = 0
+) -> Overnight:
     backend: dict[str, float | str] = {
         "traffic": "background",
         "target_queue_delay_ms": TARGET_QUEUE_DELAY_MS,
     }
     if with_load:
         backend["load_metrics_url"] = upstream_base.removesuffix("/v1") + "/metrics"
+        backend["load_metrics_interval_s"] = LOAD_METRICS_INTERVAL_S
+        backend["occupancy_headroom"] = headroom
     server = Overnight(work, name, upstream_base, MAX_CONCURRENCY)
     extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in backend.items())
     server.config.write_text(server.config.read_text() + extra)  # the last table is its [[backends]]
@@ -63,11 +68,13 @@ async def measured_background(
     online: Any,
     counts: Any,
     duration_s: float,
+    headroom: int = 0,
 ) -> dict[str, Any]:
     """(c) or (d): online traffic first, the batch created with it, measured after SETTLE_S for
     `duration_s`. `online(duration_s, count_from_s)` (latencies of the requests sent from `count_from_s`)
-    and `counts(from_s, duration_s)` (the upstream's served rates) are the scenario's own measures."""
-    server = background_server(work, name, upstream.base_url, with_load).start()
+    and `counts(from_s, duration_s)` (the upstream's served rates) are the scenario's own measures;
+    `headroom`: the load signal's `occupancy_headroom`."""
+    server = background_server(work, name, upstream.base_url, with_load, headroom).start()
     windows: list[float] = []
     try:
         async with session() as http:

@@ -41,9 +41,11 @@ class BackendConfig:
     forward_service_tier: bool = False  # synchronous requests keep their `service_tier` (docs/sync.md)
     load_metrics_url: str | None = None  # the server's Prometheus /metrics (docs/load-signal.md)
     load_metrics_kind: str = "auto"  # which server's metric names: auto, vllm, sglang, llamacpp
+    load_metrics_interval_s: float | None = None  # between reads (None: 0.25 s background, else 1 s)
     traffic: str = "dedicated"  # or "background": share the server (docs/background-traffic.md)
     target_queue_delay_ms: float = DEFAULT_TARGET_QUEUE_DELAY_MS  # background: queueing it may add
     priority: int | None = None  # vLLM's request `priority` sent with every batch line (None: not sent)
+    occupancy_headroom: int = 0  # background with a load signal: its aim over the server's slots
     prefix_ordering: bool = False  # requests sharing a long prefix go together (docs/prefix-ordering.md)
     prefix_lookahead: int = 4096  # requests each running shard reads ahead to reorder
     prefix_lookahead_mb: int = 16  # and at most this many MB of them
@@ -205,9 +207,11 @@ class Settings:
         metadata=_help(
             "Model servers, as `[[backends]]` tables in the config file (`name`, `base_url`, `models`, "
             "`api_key_env`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`, "
-            "`forward_service_tier`, `load_metrics_url`, `load_metrics_kind`: docs/load-signal.md; "
+            "`forward_service_tier`, `load_metrics_url`, `load_metrics_kind`, `load_metrics_interval_s`: "
+            "docs/load-signal.md; "
             "`prefix_ordering`, `prefix_lookahead`, `prefix_lookahead_mb`: docs/prefix-ordering.md; "
-            "`traffic`, `target_queue_delay_ms`, `priority`: docs/background-traffic.md). Config file only."
+            "`traffic`, `target_queue_delay_ms`, `priority`, `occupancy_headroom`: "
+            "docs/background-traffic.md). Config file only."
         ),
     )
     local_models: bool = field(
@@ -506,11 +510,17 @@ def _backends(name: str, value: Any) -> tuple[BackendConfig, ...]:
             load_metrics_kind=_load_metrics_kind(
                 f"{where}.load_metrics_kind", entry.get("load_metrics_kind")
             ),
+            load_metrics_interval_s=sharing.load_metrics_interval_s(
+                f"{where}.load_metrics_interval_s", entry.get("load_metrics_interval_s")
+            ),
             traffic=sharing.traffic(f"{where}.traffic", entry.get("traffic")),
             target_queue_delay_ms=sharing.target_queue_delay_ms(
                 f"{where}.target_queue_delay_ms", entry.get("target_queue_delay_ms")
             ),
             priority=sharing.priority(f"{where}.priority", entry.get("priority")),
+            occupancy_headroom=sharing.occupancy_headroom(
+                f"{where}.occupancy_headroom", entry.get("occupancy_headroom")
+            ),
             prefix_ordering=plain.boolean(f"{where}.prefix_ordering", entry.get("prefix_ordering", False)),
             prefix_lookahead=plain.positive_int(
                 f"{where}.prefix_lookahead", entry.get("prefix_lookahead", 4096)

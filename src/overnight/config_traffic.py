@@ -38,3 +38,35 @@ def priority(name: str, value: Any) -> int | None:
     if not low <= value <= high:
         raise ConfigError(f"setting '{name}': {value} is out of range")
     return value
+
+
+LOAD_METRICS_INTERVAL_S = 1.0  # between reads of a server's load (docs/load-signal.md)
+BACKGROUND_LOAD_METRICS_INTERVAL_S = 0.25  # a background backend's window follows each reading
+
+
+def load_metrics_interval_s(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = plain.positive_float(name, value)
+    if not 0.01 <= seconds <= 60:
+        raise ConfigError(f"setting '{name}': expected seconds from 0.01 to 60, got {value!r}")
+    return seconds
+
+
+def read_interval_s(traffic_kind: str, configured: float | None) -> float:
+    """How often a backend's load is read: as configured, else more often for a background backend."""
+    if configured is not None:
+        return configured
+    return BACKGROUND_LOAD_METRICS_INTERVAL_S if traffic_kind == "background" else LOAD_METRICS_INTERVAL_S
+
+
+def occupancy_headroom(name: str, value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"setting '{name}': expected an integer (requests over the server's slots), got {value!r}"
+        )
+    if not -1024 <= value <= 1024:
+        raise ConfigError(f"setting '{name}': expected -1024 to 1024, got {value}")
+    return value

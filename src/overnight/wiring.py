@@ -20,6 +20,7 @@ from overnight.blobs.base import BlobStore
 from overnight.blobs.local import LocalBlobStore
 from overnight.config import ConfigError, Secrets, Settings
 from overnight.config_limits import storage_quotas, upload_sizes
+from overnight.config_traffic import read_interval_s
 from overnight.config_webhooks import subscriptions as webhook_subscriptions
 from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.ids import IdGenerator
@@ -210,7 +211,10 @@ def traffic_settings(settings: Settings) -> dict[str, TrafficSettings]:
     (docs/background-traffic.md)."""
     return {
         config.name: TrafficSettings(
-            config.traffic == "background", config.target_queue_delay_ms / 1000, config.priority
+            config.traffic == "background",
+            config.target_queue_delay_ms / 1000,
+            config.priority,
+            config.occupancy_headroom,
         )
         for config in settings.all_backends()
     }
@@ -473,12 +477,15 @@ def upload_limits(settings: Settings, store: MetadataStore, clock: Clock) -> Upl
 
 
 def build_load_signals(settings: Settings) -> LoadSignals:
-    sources = [
-        LoadSource(b.name, b.load_metrics_url, b.load_metrics_kind)
+    pollers = [
+        LoadPoller(
+            LoadSource(b.name, b.load_metrics_url, b.load_metrics_kind),
+            interval_s=read_interval_s(b.traffic, b.load_metrics_interval_s),
+        )
         for b in settings.backends
         if b.load_metrics_url is not None
     ]
-    return LoadSignals([LoadPoller(source) for source in sources])
+    return LoadSignals(pollers)
 
 
 def service_tier_keeper(settings: Settings, router: Router) -> Callable[[str], bool]:

@@ -103,6 +103,7 @@ async def test_a_background_backend_follows_the_servers_load_signal() -> None:
     assert upstream.max_waiting <= 16
     assert scheduler.background is not None
     assert scheduler.background.window.signal == "load"
+    assert scheduler.background.window.slots.count == SLOTS  # learned from the server's `running`
 
 
 async def test_the_priority_field_reaches_the_server() -> None:

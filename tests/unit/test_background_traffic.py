@@ -21,7 +21,7 @@ from overnight.engine.neighbour import FeedNeed, LoadReading
 from overnight.engine.online import Lane
 from overnight.engine.retry import RetryPolicy
 from overnight.engine.scheduler import BackendScheduler
-from overnight.wiring import engine_settings
+from overnight.wiring import build_load_signals, engine_settings
 from unit.test_scheduler import ScriptedBackend, make_feed, until
 
 BACKEND = '[[backends]]\nname = "vllm"\nbase_url = "http://127.0.0.1:8001/v1"\n'
@@ -36,6 +36,15 @@ def settings_from(tmp_path: Path, extra: str) -> Any:
 def test_a_backend_is_dedicated_by_default(tmp_path: Path) -> None:
     (backend,) = settings_from(tmp_path, "").backends
     assert (backend.traffic, backend.target_queue_delay_ms, backend.priority) == ("dedicated", 20.0, None)
+
+
+def test_the_occupancy_headroom_is_read_and_reaches_the_window(tmp_path: Path) -> None:
+    (backend,) = settings_from(tmp_path, 'traffic = "background"\noccupancy_headroom = -2\n').backends
+    assert backend.occupancy_headroom == -2
+    traffic = engine_settings(settings_from(tmp_path, "occupancy_headroom = 1\n")).traffic["vllm"]
+    assert traffic.occupancy_headroom == 1
+    window = BackgroundTraffic("vllm", TrafficSettings(True, 0.02, None, -2), 64, EngineMetrics()).window
+    assert window.settings.headroom == -2
 
 
 def test_background_settings_are_read(tmp_path: Path) -> None:
@@ -55,12 +64,33 @@ def test_background_settings_are_read(tmp_path: Path) -> None:
         ("priority = 1.5\n", "backends[0].priority"),
         ("priority = true\n", "backends[0].priority"),
         ("priority = 99999999999\n", "backends[0].priority"),
+        ("load_metrics_interval_s = 0\n", "backends[0].load_metrics_interval_s"),
+        ("load_metrics_interval_s = 0.001\n", "backends[0].load_metrics_interval_s"),
+        ('load_metrics_interval_s = "fast"\n', "backends[0].load_metrics_interval_s"),
+        ("occupancy_headroom = 1.5\n", "backends[0].occupancy_headroom"),
+        ("occupancy_headroom = 5000\n", "backends[0].occupancy_headroom"),
+        ("occupancy_headroom = true\n", "backends[0].occupancy_headroom"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_line(tmp_path: Path, extra: str, named: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"'{named}'")) as raised:
         settings_from(tmp_path, extra)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "interval_s"),
+    [
+        ("", 1.0),  # a dedicated backend's load only feeds its gauges
+        ('traffic = "background"\n', 0.25),  # a background window follows each reading
+        ('traffic = "background"\nload_metrics_interval_s = 0.05\n', 0.05),
+        ("load_metrics_interval_s = 2\n", 2.0),
+    ],
+)
+def test_the_load_is_read_as_often_as_its_window_needs(tmp_path: Path, extra: str, interval_s: float) -> None:
+    metrics_url = 'load_metrics_url = "http://127.0.0.1:8001/metrics"\n'
+    (poller,) = build_load_signals(settings_from(tmp_path, metrics_url + extra)).pollers
+    assert poller.interval_s == interval_s
 
 
 def test_priority_is_added_to_a_body_without_one() -> None:
@@ -106,7 +136,7 @@ def test_the_metrics_show_the_window_and_the_signal_and_count_overrides(
 ) -> None:
     metrics = EngineMetrics()
     assert "overnight_background" not in metrics.render()  # no background backend: nothing new
-    readings = [LoadReading(0, 1)]
+    readings = [LoadReading(1, 1)]  # one waits at the server: the window holds
     traffic = BackgroundTraffic("vllm", TrafficSettings(True, 0.02), 64, metrics, lambda: readings[0])
     traffic.answered(b'{"max_tokens": 5}', 200, 0.5, 100.0, in_flight=0)
     traffic.answered(b'{"max_tokens": 5}', 500, 9.0, 101.0, in_flight=0)  # a failure says nothing of load

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,7 +89,70 @@ def test_the_window_grows_only_while_it_is_used() -> None:
     assert win.limit <= 2
 
 
-def test_a_load_reading_with_a_queue_shrinks_once_per_reading() -> None:
+def occupancy(win: NeighbourWindow, own: int, running: int, waiting: int, number: int) -> int:
+    """One answer with a fresh reading, a second after the last: `own` batch requests out (this answer's
+    among them)."""
+    load = LoadReading(waiting, number, running)
+    win.answered(SHAPE, BASE_S, 1_000.0 + number, in_flight=own - 1, load=load)
+    return win.limit
+
+
+def test_a_reading_sets_the_window_to_the_servers_free_slots_plus_headroom() -> None:
+    win = window(maximum=64, headroom=1, follow_s=1e-6)  # follows each reading at once
+    assert occupancy(win, own=6, running=10, waiting=0, number=1) == 6 + 1  # slots not known: one more
+    assert occupancy(win, own=7, running=16, waiting=3, number=2) == 7 - 3 + 1  # 16 slots, 3 wait
+    assert win.signal == "load"
+    assert win.slots.count == 16
+    assert win.slots.confirmed
+    assert occupancy(win, own=5, running=10, waiting=0, number=3) == 5 + 6 + 1  # 6 free, the headroom
+    assert occupancy(win, own=12, running=16, waiting=1, number=4) == 12  # one waits, as it aims for
+
+
+def test_a_negative_headroom_keeps_slots_free() -> None:
+    win = window(maximum=64, headroom=-2, follow_s=1e-6)
+    occupancy(win, own=10, running=16, waiting=2, number=1)
+    assert occupancy(win, own=8, running=12, waiting=0, number=2) == 8 + 4 - 2
+
+
+def test_the_window_follows_the_readings_with_a_time_constant() -> None:
+    win = window(maximum=64, follow_s=0.5)
+    occupancy(win, own=4, running=16, waiting=1, number=1)
+    assert win.limit == 3
+    # online traffic left: 12 slots free at once; half a second later it has come about 63 % of the way
+    win.answered(SHAPE, BASE_S, 1_001.5, in_flight=2, load=LoadReading(0, 2, 4))
+    assert win.limit == int(3 + (1 - math.exp(-1.0)) * 12)
+
+
+def test_between_readings_the_window_holds() -> None:
+    win = window(maximum=64)
+    occupancy(win, own=6, running=16, waiting=2, number=1)
+    held = win.limit
+    for _ in range(50):
+        win.answered(SHAPE, BASE_S, 1_001.0, in_flight=0, load=LoadReading(2, 1, 16))
+    assert win.limit == held
+
+
+def test_with_the_load_signal_it_finds_the_slot_count_from_one() -> None:
+    win = window(maximum=128)
+    slots, online = 16, 8
+    for number in range(1, 40):  # each reading: what its window put there, and the online load
+        own = win.limit
+        running = min(slots, own + online)
+        occupancy(win, own, running, max(0, own + online - slots), number)
+    assert win.limit == slots - online  # what the server holds: its slot count
+    assert win.slots.count == slots
+
+
+def test_a_gross_slowdown_takes_one_back_despite_a_clear_reading() -> None:
+    win = window(maximum=64, follow_s=1e-6)
+    occupancy(win, own=6, running=16, waiting=1, number=1)
+    for number in range(2, 10):
+        load = LoadReading(0, number, 16)
+        win.answered(SHAPE, BASE_S + 10 * TARGET_S, 1_000.0 + number, in_flight=5, load=load)
+    assert win.limit == 6 - 1
+
+
+def test_a_reading_without_running_shrinks_once_per_reading_while_a_queue_waits() -> None:
     win = window(waiting_threshold=2)
     drive = Driver(win)
     drive.answers(400, BASE_S)
@@ -127,6 +191,7 @@ def test_without_a_reading_the_delay_signal_drives_it() -> None:
             st.floats(0.0, 2.0, allow_nan=False),  # time since the last answer
             st.integers(0, 200),  # in flight
             st.one_of(st.none(), st.integers(0, 50)),  # waiting at the server
+            st.one_of(st.none(), st.integers(0, 300)),  # running there
         ),
         max_size=300,
     ),
@@ -134,14 +199,14 @@ def test_without_a_reading_the_delay_signal_drives_it() -> None:
 )
 def test_the_window_stays_within_one_and_the_maximum(
     maximum: int,
-    answers: list[tuple[float, float, int, int | None]],
+    answers: list[tuple[float, float, int, int | None, int | None]],
     feeds: list[tuple[int, float]],
 ) -> None:
     win = window(maximum)
     now = 0.0
-    for number, (latency, gap, in_flight, waiting) in enumerate(answers):
+    for number, (latency, gap, in_flight, waiting, running) in enumerate(answers):
         now += gap
-        load = None if waiting is None else LoadReading(waiting, number // 7)
+        load = None if waiting is None else LoadReading(waiting, number // 7, running)
         win.answered(SHAPE, latency, now, in_flight=in_flight, load=load)
         assert 1 <= win.limit <= maximum
         if number % 50 == 0:
@@ -150,6 +215,45 @@ def test_the_window_stays_within_one_and_the_maximum(
             ]
             win.plan_deadlines(needs, now)
             assert 1 <= win.limit <= maximum
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 64), st.integers(0, 80), st.integers(1, 128), st.integers(-2, 2))
+def test_the_load_signal_keeps_the_servers_occupancy_at_its_slot_count(
+    slots: int, online: int, maximum: int, headroom: int
+) -> None:
+    win = window(maximum, headroom=headroom)
+    for number in range(1, 200):  # each reading shows what its window put there, with the online load
+        own = win.limit
+        demand = own + online
+        waiting = max(0, demand - slots)
+        occupancy(win, own, min(slots, demand), waiting, number)
+        assert 1 <= win.limit <= maximum
+        if waiting > max(0, headroom):  # more waits than it aims for: it never grows
+            assert win.limit <= own
+
+    def bounded(size: int) -> int:
+        return max(1, min(maximum, size))
+
+    # about the slot count less the online load, plus the headroom (or one more while it probes)
+    assert bounded(slots - online + headroom - 1) <= win.limit <= bounded(slots - online + max(1, headroom))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 128), st.floats(2.5, 20.0))
+def test_sustained_delay_takes_it_to_one_and_a_clear_server_grows_it_back(maximum: int, over: float) -> None:
+    win = window(maximum)
+    drive = Driver(win)
+    drive.answers(8 * maximum + 50, BASE_S)  # slow start: doubling per round trip
+    assert win.limit == maximum
+    started = drive.now
+    while win.limit > 1:  # clearly over: within seconds, before the base latency is learned again
+        drive.answer(BASE_S + over * TARGET_S)
+        assert drive.now - started < 10.0
+    cleared = drive.now
+    while win.limit < maximum:  # half a request per round trip (two round trips at the least) back
+        drive.answer(BASE_S)
+        assert drive.now - cleared < 0.5 * maximum + 5.0
 
 
 @settings(max_examples=100, deadline=None)

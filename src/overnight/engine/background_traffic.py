@@ -33,6 +33,7 @@ class TrafficSettings:
     background: bool = False
     target_queue_delay_s: float = 0.02
     priority: int | None = None
+    occupancy_headroom: int = 0  # with a load signal: what it aims for over the server's slots
 
 
 def with_priority(body: bytes, priority: int) -> bytes:
@@ -69,7 +70,9 @@ class BackgroundTraffic:
         load: Callable[[], LoadReading | None] = lambda: None,
     ) -> None:
         self.backend = backend
-        self.window = NeighbourWindow(NeighbourSettings(settings.target_queue_delay_s, maximum))
+        self.window = NeighbourWindow(
+            NeighbourSettings(settings.target_queue_delay_s, maximum, headroom=settings.occupancy_headroom)
+        )
         self._metrics = metrics
         self._load = load
         self._checked_at = float("-inf")

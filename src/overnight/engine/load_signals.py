@@ -1,4 +1,4 @@
-"""Reads each backend's load signal about once a second, in the background (docs/load-signal.md).
+"""Reads each backend's load signal every `load_metrics_interval_s`, in the background (docs/load-signal.md).
 
 One small task per backend with a `load_metrics_url`, each with its own HTTP session and a short
 timeout, so a slow or dead metrics endpoint never holds up the engine. A failed read clears that
@@ -108,12 +108,12 @@ class LoadSignals:
         return next((p.latest for p in self.pollers if p.source.backend == backend), None)
 
     def reading(self, backend: str) -> LoadReading | None:
-        """The server's waiting queue as last read, numbered (None: unknown, or it shows no queue);
-        what a background backend's window follows (engine/neighbour.py)."""
+        """The server's waiting queue and running requests as last read, numbered (None: unknown, or it
+        shows no queue); what a background backend's window follows (engine/neighbour.py)."""
         poller = next((p for p in self.pollers if p.source.backend == backend), None)
         if poller is None or poller.latest is None or poller.latest.waiting is None:
             return None
-        return LoadReading(poller.latest.waiting, poller.good_reads)
+        return LoadReading(poller.latest.waiting, poller.good_reads, poller.latest.running)
 
     async def run(self) -> None:
         if self.pollers:

@@ -5,15 +5,18 @@ Pure: no I/O and no asyncio; every decision takes the time as an argument.
 
 * `BaseLatency` learns the server's unloaded latency per request *shape* (prompt size and output size,
   each in log2 buckets): a windowed minimum that ages, so it learns again when the server's speed changes.
-* `NeighbourWindow` is a delay-based limiter in the family of TCP Vegas, LEDBAT and Netflix's gradient
-  limiter. An answer's queue delay is its latency over the base latency of its shape, filtered as LEDBAT
-  does (the least of the last few: noise only adds delay, a queue delays every answer). Once an epoch
-  (a round trip, and at least EPOCH_ANSWERS answers per request the window allows) the epoch's mean
-  delay is compared with the target: far over it the window shrinks multiplicatively, over it it steps
-  down, under it it steps up, and doubles instead until the first shrink (TCP's slow start); it grows
-  only while it is full. Where a fresh load reading of the server exists (its waiting queue), that
-  leads: the window shrinks once per reading while more than a few requests wait there, holds while a
-  few wait, grows while none waits, and the delay signal shrinks it only when grossly over.
+* `NeighbourWindow` follows the server's occupancy where a load reading says how many requests it runs
+  and queues (occupancy tracking): at each fresh reading it aims for its own requests out, plus the slots
+  the reading shows free, less the server's queue, plus the configured headroom, and moves there with a
+  time constant (`ServerSlots` learns the slot count). Without such a reading it is a delay-based limiter
+  in the family of TCP Vegas, LEDBAT and Netflix's gradient limiter. An answer's queue delay is its
+  latency over the base latency of its shape, filtered as LEDBAT does (the least of the last few: noise
+  only adds delay, a queue delays every answer). Once an epoch (a round trip, and at least EPOCH_ANSWERS
+  answers per request the window allows) the epoch's mean delay is compared with the target: far over it
+  the window shrinks multiplicatively, over it it steps down, under it it steps up, and doubles instead
+  until the first shrink (TCP's slow start); it grows only while it is full. A reading that shows only
+  the server's queue shrinks it once per reading while more than a few wait, holds it while a few wait,
+  and lets the delay signal grow it while none waits (shrinking only when grossly over).
 * A feed whose deadline is near and whose lines cannot finish at the current rate raises the floor to
   what it needs (a deadline override). The window never goes below 1.
 """
@@ -31,6 +34,7 @@ Shape = tuple[int, int]  # (log2 bucket of the body's bytes, log2 bucket of max 
 _MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d{1,9})')
 BASE_EPOCH_S = 30.0  # the base latency is the minimum over the current and the previous epoch
 EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the window allows
+TRACKING_S = 0.5  # load signal: the window follows the server's occupancy with this time constant
 LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
 DEADLINE_SAFETY = 0.8  # a feed should finish within this share of the time its deadline leaves
 
@@ -82,10 +86,40 @@ class BaseLatency:
 
 @dataclass(frozen=True, slots=True)
 class LoadReading:
-    """The server's load as last read (engine/load_signals.py); `number` tells one reading from the next."""
+    """The server's load as last read (engine/load_signals.py); `number` tells one reading from the next.
+    `running`: the requests it serves now, where it says (None: it shows only its queue)."""
 
     waiting: int
     number: int
+    running: int | None = None
+
+
+@dataclass
+class ServerSlots:
+    """The requests the server serves at once, learned as the most it was seen running over the last one
+    to two epochs of `epoch_s` (it ages, so a server restarted smaller is learned again); `confirmed`
+    once a reading showed a queue too (then what runs is all it can)."""
+
+    epoch_s: float = BASE_EPOCH_S
+    _epoch: int = -1
+    _current: tuple[int, bool] = (0, False)  # (most seen running, a queue seen)
+    _previous: tuple[int, bool] = (0, False)
+
+    def observe(self, running: int, waiting: int, now: float) -> None:
+        epoch = int(now // self.epoch_s)
+        if epoch > self._epoch:
+            self._previous = self._current if epoch == self._epoch + 1 else (0, False)
+            self._current, self._epoch = (0, False), epoch
+        most, queued = self._current
+        self._current = (max(most, running), queued or waiting > 0)
+
+    @property
+    def count(self) -> int:
+        return max(self._current[0], self._previous[0])
+
+    @property
+    def confirmed(self) -> bool:
+        return self._current[1] or self._previous[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +129,11 @@ class NeighbourSettings:
     minimum: int = 1
     decrease_factor: float = 0.7
     smoothing: float = 0.2  # weight of each new delay sample in the smoothed delay
-    waiting_threshold: int = 2  # load signal: shrink while more than this many wait at the server
+    waiting_threshold: int = 2  # a reading without `running`: shrink while more than this many wait
     step: float = 0.5  # additive change per epoch
     noise_filter: int = 6  # a delay sample is the least of this many answers' delays
+    headroom: int = 0  # load signal: requests it aims for at the server over its slots (< 0: kept free)
+    follow_s: float = TRACKING_S  # load signal: the time constant it follows the readings with
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +157,7 @@ class NeighbourWindow:
     def __init__(self, settings: NeighbourSettings, *, base: BaseLatency | None = None) -> None:
         self.settings = settings
         self.bases = base or BaseLatency()
+        self.slots = ServerSlots()
         self.minimum = max(1, min(settings.minimum, settings.maximum))
         self.size = float(self.minimum)
         self.delay_s = 0.0  # smoothed queue delay
@@ -130,7 +167,8 @@ class NeighbourWindow:
         self.overrides: dict[str, int] = {}  # batch id -> concurrency its deadline needs
         self._slow_start = True
         self._recent: deque[float] = deque(maxlen=settings.noise_filter)
-        self._shrunk_reading = -1
+        self._last_reading = -1
+        self._tracked_at: float | None = None  # when the last reading with `running` was followed
         self._epoch_start = -math.inf  # an epoch lasts a round trip (the smoothed latency)
         self._epoch_delay = 0.0
         self._epoch_answers = 0
@@ -160,17 +198,42 @@ class NeighbourWindow:
         self.latency_s = (
             seconds if self.latency_s is None else self.latency_s + weight * (seconds - self.latency_s)
         )
+        self.signal = "delay" if load is None else "load"
+        fresh = load is not None and load.number != self._last_reading
+        if load is not None:
+            self._last_reading = load.number
+        if load is not None and load.running is not None:
+            if fresh:
+                self._track(load, load.running, in_flight + 1, delay, now)
+            return
         self._epoch_delay += delay
         self._epoch_answers += 1
         self._epoch_used = self._epoch_used or in_flight + 1 >= self.limit
-        self.signal = "delay" if load is None else "load"
         if load is not None and load.waiting > self.settings.waiting_threshold:
-            if load.number != self._shrunk_reading:  # once per reading
-                self._shrunk_reading = load.number
+            if fresh:  # once per reading
                 self._shrink(now)
             return
         if now - self._epoch_start >= self.latency_s and self._epoch_answers >= EPOCH_ANSWERS * self.limit:
             self._end_epoch(now, load)
+
+    def _track(self, load: LoadReading, running: int, own: int, delay: float, now: float) -> None:
+        """Occupancy tracking: what the server should hold of its own is its requests out at the reading,
+        plus the slots the reading shows free, less the server's queue, plus the headroom; the window
+        follows that with the time constant `follow_s` (the online load changes faster than batch
+        requests end, so following each reading at once only adds noise). Until a reading has shown a
+        queue, the slot count is not known: it probes one more. A gross slowdown takes one back."""
+        self.slots.observe(running, load.waiting, now)
+        free = self.slots.count - running - load.waiting
+        extra = self.settings.headroom if self.slots.confirmed else max(1, self.settings.headroom)
+        if delay > LOAD_DELAY_FACTOR * self.settings.target_delay_s:
+            extra = min(extra, 0) - 1
+        wanted = own + free + extra
+        elapsed = math.inf if self._tracked_at is None else now - self._tracked_at
+        self._tracked_at = now
+        follows = self.slots.confirmed  # a probe (the slot count not known yet) goes at once
+        follow = 1 - math.exp(-elapsed / self.settings.follow_s) if follows else 1.0
+        size = self.size + follow * (wanted - self.size)
+        self.size = max(float(self.minimum), min(float(self.settings.maximum), size))
 
     def _end_epoch(self, now: float, load: LoadReading | None) -> None:
         """Once a round trip: the epoch's mean queue delay against the target (Vegas: one step a round
