@@ -1,36 +1,43 @@
 """Load (issue 13): a 50,000-line batch's throughput alone, and again while 200 clients use the API.
 
 Which row carries the goals, and why. One `overnight serve` runs the API and the engine on one event
-loop, so the batch and the API's clients share its CPU. Two upstreams show the two sides of that:
+loop, so the batch and the API's clients share its CPU. Two upstreams show the two sides of that,
+the model-like one on both kinds of stores:
 
 * **model-like (the goals)**: nginx answering every request after MODEL_LATENCY_MS (50 ms, the echo
   module's `echo_sleep`), `max_concurrency` 64: at most 1,280 lines/s, bound by the upstream's latency as
   with a real model server (they answer in tens of milliseconds at the least, seconds for long answers).
   The loop has room left, and the question is the issue's: does the API stay fast and error-free, and
   does the batch keep its pace, while 200 clients use it.
+* **model-like on PostgreSQL + S3 (the goals too)**: the same upstream, the heavy load only, with the
+  server's stores on a database made for the run on tests/support/postgres.py's server (migrated with
+  `overnight migrate`, dropped at the end) and a SeaweedFS `weed mini` started for the run (scaleout's
+  helpers). Where either cannot be had the run is skipped, and says so in a row; where it fails, a FAIL
+  row says why, and the other runs' figures stay.
 * **instant (a contrast, no goals)**: the `dispatch` scenario's nginx answering at once, `max_concurrency`
   64: the batch is bound by the server's CPU alone (the worst case), so whatever the API's clients cost,
   the batch pays in full, and API requests queue behind a saturated loop. It measures our CPU per
-  request, not what a user of a model server sees.
+  request, not what a user of a model server sees. It runs the heavy load only: a lighter load (pauses
+  of 2.5-7.5 s) ran here before the PostgreSQL run came, and was cut to keep the scenario near 5 min.
 
-For each upstream: a fresh server (shipped settings but `max_concurrency`, one API key configured, as on
-a shared network); the input file is uploaded once, then batches of it run one after another: alone,
-under the heavy load (and, on the instant upstream, the light load), alone again (the machine drifts);
-the baseline is the mean of the two alone.
+For each run: a fresh server (shipped settings but `max_concurrency`, one API key configured, as on a
+shared network; on SQLite and the data folder, whatever this shell's store variables say, but for the
+PostgreSQL + S3 run); the input file is uploaded once, then batches of it run one after another: alone,
+under the heavy load, alone again (the machine drifts); the baseline is the mean of the two alone.
 
 The load (load_clients.py): `clients` concurrent clients, one keep-alive connection each, a seeded pause
-before each request, uniform in THINK_S: 0.5-1.5 s for the heavy load (the goals' one: about `clients`
-requests a second offered), 2.5-7.5 s for the light one; a mix of polling the running batch, listing
-batches, uploading a 3-line file and downloading a finished 100-line batch's output. The load starts
-WARMUP_S before the batch is created (not counted) and stops when the batch has completed, or after
-MAX_LOAD_S at the latest (the bound). For contrast, the bench's own poller (one GET every 50 ms) times its
-requests while the batch runs alone.
+before each request, uniform in THINK_S: 0.5-1.5 s for the heavy load (about `clients` requests a second
+offered); a mix of polling the running batch, listing batches, uploading a 3-line file and downloading a
+finished 100-line batch's output. The load starts WARMUP_S before the batch is created (not counted) and
+stops when the batch has completed, or after MAX_LOAD_S at the latest (the bound). For contrast, the
+bench's own poller (one GET every 50 ms) times its requests while the batch runs alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +45,16 @@ from typing import Any
 from .client import Api, log_events, session
 from .latency import _upstream as latency_upstream
 from .load_clients import LABELS, MIX, SMALL_LINES, WARMUP_S, LoadFigures, LoadGenerator, percentile
+from .load_stores import StoresUnavailable, store_env
 from .nginx import Nginx
 from .procs import CpuMeter, FakeUpstream, Overnight
 from .report import Section, cores
+from .scaleout import LOCAL, REMOTE
 from .workload import write_chat_file
 
 CLIENTS = 200
-# a client's pause before each request, uniform: 1 s on average (the goals' load), then 5 s (a lighter one)
-THINK_S = {"heavy": (0.5, 1.5), "light": (2.5, 7.5)}
+# a client's pause before each request, uniform: 1 s on average (the goals' load)
+THINK_S = {"heavy": (0.5, 1.5)}
 MAX_LOAD_S = 120.0
 P99_GOAL_MS = 100.0
 RATIO_GOAL = 0.85
@@ -58,11 +67,22 @@ class Upstream:
     latency_ms: float | None  # None: instant
     levels: tuple[str, ...]  # the load levels run on it (THINK_S keys)
     goals: bool  # its heavy load carries the goals
+    remote: bool = False  # the server on PostgreSQL + S3, else SQLite + disk
+
+    @property
+    def key(self) -> str:
+        """The run's name in the JSON and in its files' names."""
+        return self.name + ("-postgres-s3" if self.remote else "")
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} upstream, {REMOTE if self.remote else LOCAL}"
 
 
 UPSTREAMS = (
     Upstream("model-like", MODEL_LATENCY_MS, ("heavy",), goals=True),
-    Upstream("instant", None, ("heavy", "light"), goals=False),
+    Upstream("model-like", MODEL_LATENCY_MS, ("heavy",), goals=True, remote=True),
+    Upstream("instant", None, ("heavy",), goals=False),
 )
 
 
@@ -93,6 +113,7 @@ class Level:
 class UpstreamRun:
     upstream: Upstream
     kind: str  # what served it, in words
+    stores: str  # what held the server's metadata and blobs, in words
     before: BatchFigures
     levels: list[Level]
     after: BatchFigures
@@ -100,6 +121,15 @@ class UpstreamRun:
     @property
     def alone(self) -> float:
         return (self.before.rate + self.after.rate) / 2
+
+
+@dataclass
+class Missing:
+    """A run without figures: skipped (no PostgreSQL or SeaweedFS) or failed."""
+
+    upstream: Upstream
+    reason: str
+    failed: bool
 
 
 async def _one_batch(
@@ -159,54 +189,89 @@ def _start_upstream(upstream: Upstream) -> tuple[Nginx | FakeUpstream, str]:
 async def _on_upstream(
     work: Path, upstream: Upstream, files: tuple[Path, Path], lines: int, clients: int, concurrency: int
 ) -> UpstreamRun:
-    """One fresh server on `upstream`: alone, each load level, alone again."""
-    served_by, kind = _start_upstream(upstream)
-    print(f"bench: load: {upstream.name} upstream is {kind}", file=sys.stderr, flush=True)
-    keys = {"OVERNIGHT_API_KEYS": "bench=bench"}  # client.Api's bearer token, as on a shared network
-    with (
-        served_by,
-        Overnight(work, f"load-{upstream.name}", served_by.base_url, concurrency, env=keys) as server,
-    ):
-        watch = {"nginx" if isinstance(served_by, Nginx) else "fake upstream": served_by.pids}
-        async with session() as http:
-            api = Api(http, server.base_url)
-            input_id = (await api.upload(files[0]))["id"]
-            finished = await api.create((await api.upload(files[1]))["id"])
-            finished = await api.wait(finished["id"], lambda b: False)
-            before = await _one_batch(api, server, input_id, lines, watch)
-            levels = []
-            for name in upstream.levels:
-                think = THINK_S[name]
-                load = LoadGenerator(
-                    server.base_url, clients, finished["id"], finished["output_file_id"], think
+    """One fresh server on `upstream` and its stores: alone, each load level, alone again."""
+    async with store_env(work, f"load-{upstream.key}", remote=upstream.remote) as (env, store_pids, stores):
+        served_by, kind = _start_upstream(upstream)
+        print(f"bench: load: {upstream.title}: upstream is {kind}", file=sys.stderr, flush=True)
+        env = {**env, "OVERNIGHT_API_KEYS": "bench=bench"}  # client.Api's token, as on a shared network
+        with served_by:
+            server = Overnight(work, f"load-{upstream.key}", served_by.base_url, concurrency, env=env)
+            if upstream.remote:
+                server.migrate()
+            with server:
+                watch = {"nginx" if isinstance(served_by, Nginx) else "fake upstream": served_by.pids}
+                return await _measure(
+                    upstream, server, {**watch, **store_pids}, kind, stores, files, lines, clients
                 )
-                levels.append(
-                    Level(name, think, *await _loaded_batch(api, server, input_id, lines, load, watch))
-                )
-            after = await _one_batch(api, server, input_id, lines, watch)
-    return UpstreamRun(upstream, kind, before, levels, after)
+
+
+async def _measure(
+    upstream: Upstream,
+    server: Overnight,
+    watch: dict[str, list[int]],
+    kind: str,
+    stores: str,
+    files: tuple[Path, Path],
+    lines: int,
+    clients: int,
+) -> UpstreamRun:
+    """Alone, each load level, alone again, on a started server."""
+    async with session() as http:
+        api = Api(http, server.base_url)
+        input_id = (await api.upload(files[0]))["id"]
+        finished = await api.create((await api.upload(files[1]))["id"])
+        finished = await api.wait(finished["id"], lambda b: False)
+        before = await _one_batch(api, server, input_id, lines, watch)
+        levels = []
+        for name in upstream.levels:
+            think = THINK_S[name]
+            load = LoadGenerator(server.base_url, clients, finished["id"], finished["output_file_id"], think)
+            levels.append(Level(name, think, *await _loaded_batch(api, server, input_id, lines, load, watch)))
+        after = await _one_batch(api, server, input_id, lines, watch)
+    return UpstreamRun(upstream, kind, stores, before, levels, after)
+
+
+async def _run_or_missing(
+    work: Path, upstream: Upstream, files: tuple[Path, Path], lines: int, clients: int, concurrency: int
+) -> UpstreamRun | Missing:
+    """The run; for the PostgreSQL + S3 one, Missing when its stores cannot be had or it fails."""
+    try:
+        return await _on_upstream(work, upstream, files, lines, clients, concurrency)
+    except StoresUnavailable as exc:
+        print(f"bench: load: {upstream.title} skipped: {exc}", file=sys.stderr, flush=True)
+        return Missing(upstream, str(exc), failed=False)
+    except Exception as exc:
+        if not upstream.remote:
+            raise
+        traceback.print_exc()
+        return Missing(upstream, f"{type(exc).__name__}: {exc}", failed=True)
 
 
 async def run(work: Path, lines: int, clients: int = CLIENTS, concurrency: int = 64) -> Section:
     files = (work / "load.jsonl", work / "load-small.jsonl")
     write_chat_file(files[0], lines)
     write_chat_file(files[1], SMALL_LINES)
-    runs = [await _on_upstream(work, up, files, lines, clients, concurrency) for up in UPSTREAMS]
-    for path in files:
-        path.unlink()
+    try:
+        runs = [await _run_or_missing(work, up, files, lines, clients, concurrency) for up in UPSTREAMS]
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
     return _section(lines, clients, concurrency, runs)
 
 
-def _section(lines: int, clients: int, concurrency: int, runs: list[UpstreamRun]) -> Section:
+def _section(lines: int, clients: int, concurrency: int, runs: list[UpstreamRun | Missing]) -> Section:
     section = Section(
         "load",
         f"load: a {lines:,}-line batch (concurrency {concurrency}) alone and while {clients} clients poll, "
-        f"list, upload and download; at a model-like upstream ({MODEL_LATENCY_MS:g} ms, the goals) and at "
-        "an instant one (the CPU-bound contrast)",
+        f"list, upload and download; at a model-like upstream ({MODEL_LATENCY_MS:g} ms, the goals) on "
+        f"{LOCAL} and on {REMOTE}, and at an instant one on {LOCAL} (the CPU-bound contrast)",
     )
     data: dict[str, Any] = {}
     for one in runs:
-        data[one.upstream.name] = _upstream_rows(section, one, clients, concurrency)
+        if isinstance(one, Missing):
+            data[one.upstream.key] = _missing_rows(section, one)
+        else:
+            data[one.upstream.key] = _upstream_rows(section, one, clients, concurrency)
     section.notes.append(
         f"{clients} clients, one keep-alive connection each, a pause before each request (uniform, seeded: "
         + ", ".join(f"{name} {a:g}-{b:g} s" for name, (a, b) in THINK_S.items())
@@ -214,14 +279,17 @@ def _section(lines: int, clients: int, concurrency: int, runs: list[UpstreamRun]
         + ", ".join(f"{LABELS[k]} {share:.0%}" for k, share in MIX.items())
         + f"; the first {WARMUP_S:g} s not counted; the goals apply to the heavy load at the model-like "
         "upstream (a real model server answers in tens of ms or more; the instant upstream measures only "
-        "the server's CPU, which the batch and the API share)"
+        "the server's CPU, which the batch and the API share); on PostgreSQL + S3 the database's processes "
+        "count in 'other processes'"
     )
     for one in runs:
+        if isinstance(one, Missing):
+            continue
         batches = [("alone, before", one.before), *((f"{lv.name} load", lv.batch) for lv in one.levels)]
         for name, batch in [*batches, ("alone, after", one.after)]:
             dispatch = f", dispatch phase {batch.dispatch_s:.1f} s" if batch.dispatch_s else ""
             section.notes.append(
-                f"{one.upstream.name}: batch {name}: {batch.created_to_completed_s:.1f} s{dispatch}; "
+                f"{one.upstream.title}: batch {name}: {batch.created_to_completed_s:.1f} s{dispatch}; "
                 f"cores used: {cores(batch.cores)}"
             )
     section.data = {
@@ -231,21 +299,35 @@ def _section(lines: int, clients: int, concurrency: int, runs: list[UpstreamRun]
         "think_s": THINK_S,
         "mix": MIX,
         "upstreams": data,
-        "goals": {"p99_ms": P99_GOAL_MS, "ratio": RATIO_GOAL, "errors": 0, "upstream": "model-like"},
+        "goals": {
+            "p99_ms": P99_GOAL_MS,
+            "ratio": RATIO_GOAL,
+            "errors": 0,
+            "runs": [up.key for up in UPSTREAMS if up.goals],
+        },
     }
     return section
+
+
+def _missing_rows(section: Section, one: Missing) -> dict[str, Any]:
+    up = one.upstream
+    if one.failed:
+        section.add(f"{up.title}: the goals", f"FAILED to run: {one.reason}", "a run", False)
+    else:
+        section.add(f"{up.title}: the goals", f"skipped: {one.reason}")
+    return {"skipped": not one.failed, "failed": one.failed, "reason": one.reason}
 
 
 def _upstream_rows(section: Section, one: UpstreamRun, clients: int, concurrency: int) -> dict[str, Any]:
     up = one.upstream
     if up.latency_ms is None:
-        heading = f"{up.name} upstream ({one.kind}): CPU-bound contrast, no goals"
+        heading = f"{up.title} ({one.kind}): CPU-bound contrast, no goals"
     else:
         ideal = concurrency / (up.latency_ms / 1000)
-        heading = (
-            f"{up.name} upstream ({one.kind}, {up.latency_ms:g} ms): the goals; ideal {ideal:,.0f} lines/s"
-        )
+        heading = f"{up.title} ({one.kind}, {up.latency_ms:g} ms): the goals; ideal {ideal:,.0f} lines/s"
     section.add(heading, "")
+    if up.remote:
+        section.notes.append(f"{up.title}: the server's stores: {one.stores}")
     section.add(
         "  batch alone, before / after (created -> completed)",
         f"{one.before.rate:,.0f} / {one.after.rate:,.0f} lines/s",
@@ -263,6 +345,7 @@ def _upstream_rows(section: Section, one: UpstreamRun, clients: int, concurrency
     }
     return {
         "kind": one.kind,
+        "stores": one.stores,
         "latency_ms": up.latency_ms,
         "goals": up.goals,
         "batch_before": _batch_data(one.before),
