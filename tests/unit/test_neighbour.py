@@ -317,3 +317,11 @@ def test_request_shapes_bucket_prompt_bytes_and_output_tokens() -> None:
     assert request_shape(b'{"model": "m"}')[1] == 0
     assert request_shape(b"x" * 4000)[0] == request_shape(b"x" * 3000)[0]
     assert request_shape(b"x" * 4000)[0] != request_shape(b"x" * 400)[0]
+
+
+def test_a_deadline_a_hair_away_needs_everything_rather_than_overflowing() -> None:
+    from overnight.engine.neighbour import EVERYTHING, needed_concurrency
+
+    assert needed_concurrency(1, 2.225073858507203e-309, 1.0) == EVERYTHING  # found by Hypothesis
+    assert needed_concurrency(1, 0.0, 1.0) == EVERYTHING
+    assert needed_concurrency(10, 100.0, 1.0) == 1

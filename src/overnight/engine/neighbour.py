@@ -37,6 +37,7 @@ EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the w
 TRACKING_S = 0.5  # load signal: the window follows the server's occupancy with this time constant
 LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
 DEADLINE_SAFETY = 0.8  # a feed should finish within this share of the time its deadline leaves
+EVERYTHING = 2**31  # the concurrency a feed needs when no time, or next to none, is left
 
 
 def request_shape(body: bytes) -> Shape:
@@ -290,5 +291,6 @@ def needed_concurrency(remaining: int, seconds_left: float, latency_s: float) ->
         return 0
     usable = seconds_left * DEADLINE_SAFETY
     if usable <= 0:
-        return 2**31
-    return math.ceil(remaining * latency_s / usable)
+        return EVERYTHING
+    needed = remaining * latency_s / usable
+    return EVERYTHING if not needed < EVERYTHING else math.ceil(needed)  # also when it overflows to inf
