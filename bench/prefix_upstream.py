@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from .sim_process import SimProcess, serve_until_signalled
+from .sim_process import SimProcess, chat_answer, serve_until_signalled
 
 BLOCK_CHARS = 64
 
@@ -83,17 +82,6 @@ def remember(state: _State, blocks: list[bytes]) -> None:
         state.cache.popitem(last=False)
 
 
-def _answer(body: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-sim-{time.monotonic_ns()}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "sim-chat"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
-    }
-
-
 async def _chat(request: web.Request) -> web.Response:
     state = request.app[_STATE]
     body = await request.json()
@@ -105,7 +93,7 @@ async def _chat(request: web.Request) -> web.Response:
         remember(state, blocks)
         await asyncio.sleep(state.hit_s)  # the decode
     state.served += 1
-    return web.json_response(_answer(body, len(prompt) // 4))
+    return web.json_response(chat_answer(body, len(prompt) // 4))
 
 
 async def _stats(request: web.Request) -> web.Response:

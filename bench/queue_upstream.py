@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from .sim_process import SimProcess, serve_until_signalled
+from .sim_process import SimProcess, chat_answer, serve_until_signalled
 
 ONLINE_HEADER = "X-Bench-Online"
 
@@ -38,16 +37,8 @@ class _State:
 _STATE = web.AppKey("state", _State)
 
 
-def _answer(body: dict[str, Any]) -> dict[str, Any]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-    return {
-        "id": f"chatcmpl-sim-{time.monotonic_ns()}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "sim-chat"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
-    }
+def _prompt_words(body: dict[str, Any]) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
 
 
 async def _chat(request: web.Request) -> web.Response:
@@ -68,7 +59,7 @@ async def _chat(request: web.Request) -> web.Response:
         state.served_online += 1
     else:
         state.served_batch += 1
-    return web.json_response(_answer(body))
+    return web.json_response(chat_answer(body, _prompt_words(body)))
 
 
 async def _metrics(request: web.Request) -> web.Response:

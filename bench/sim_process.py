@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any, Self
 
 from aiohttp import web
@@ -15,6 +16,18 @@ from aiohttp import web
 from support.server import http_json, stop_process
 
 from .procs import REPO
+
+
+def chat_answer(body: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
+    """A one-token chat completion for `body`, counting `prompt_tokens` in its usage."""
+    return {
+        "id": f"chatcmpl-sim-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "sim-chat"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
+    }
 
 
 async def serve_until_signalled(app: web.Application, port: int) -> None:
