@@ -321,8 +321,16 @@ class Engine:
     async def _drive(self, batch_id: str) -> None:
         try:
             await self._drive_until_done(batch_id)
+        except (ConnectionError, OSError) as exc:
+            # The store went away: what was recorded stays; a later tick leads the batch again.
+            log.warning("batch %s: the store did not answer (%s); it is led again later", batch_id, _why(exc))
         finally:
-            await self._store.release_batch(batch_id, self.worker_id)
+            try:
+                await self._store.release_batch(batch_id, self.worker_id)
+            except (ConnectionError, OSError) as exc:
+                log.warning(
+                    "batch %s: cannot give up its lead (%s); the lease runs out instead", batch_id, _why(exc)
+                )
 
     async def _drive_until_done(self, batch_id: str) -> None:
         while True:
