@@ -111,7 +111,7 @@ def _plan(args: argparse.Namespace, work: Path) -> dict[str, Callable[[], Awaita
         "webhooks": lambda: webhooks.run(work, 200 if quick else 2_000),
         "dashboard": lambda: dashboard.run(work, 200 if quick else 2_000, 50 if quick else 200),
         "sync": lambda: sync.run(work, 100 if quick else 400, 800 if quick else 4_000),
-        "shared": lambda: shared.run(work, 4.0 if quick else 20.0, 1_500 if quick else 6_000),
+        "shared": lambda: shared.run(work, 4.0 if quick else 30.0),
         "load": lambda: load.run(work, args.requests or (2_000 if quick else 50_000)),
         "prefix": lambda: prefix.run(work, quick),
         "soak": lambda: soak.run(work, 1_000 if quick else 15_000, 3 if quick else 10, args.seed),

@@ -1,11 +1,12 @@
 """A simulated model server that queues instead of refusing, as vLLM, SGLang, llama.cpp and TGI do.
 
-`slots` requests are served in parallel, each taking `service_ms`; any more wait in one FIFO queue (no 429,
+`slots` requests are served in parallel, each taking `service_ms` times 1 +- up to `jitter` (uniform, from a
+seeded generator: requests write answers of different lengths); any more wait in one FIFO queue (no 429,
 ever). It answers `POST /v1/chat/completions` with a small completion and its usage, and exposes vLLM's
 `/metrics` names (`vllm:num_requests_waiting`, `vllm:num_requests_running`) for a load signal to read.
 `GET /_stats` counts the requests served, split by the `X-Bench-Online` header the online client sends.
 
-As a subprocess: ``python -m bench.queue_upstream --port 0 --slots 16 --service-ms 40`` prints
+As a subprocess: ``python -m bench.queue_upstream --port 0 --slots 64 --service-ms 400 --jitter 0.5`` prints
 ``READY <base_url>`` once listening and stops on SIGTERM.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ ONLINE_HEADER = "X-Bench-Online"
 class _State:
     slots: asyncio.Semaphore
     service_s: float
+    jitter: float
+    stretches: random.Random
     waiting: int = 0
     running: int = 0
     served_online: int = 0
@@ -51,7 +55,8 @@ async def _chat(request: web.Request) -> web.Response:
         state.waiting -= 1
     state.running += 1
     try:
-        await asyncio.sleep(state.service_s)
+        stretch = 1 + state.jitter * (2 * state.stretches.random() - 1)
+        await asyncio.sleep(state.service_s * stretch)
     finally:
         state.running -= 1
         state.slots.release()
@@ -91,9 +96,9 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(slots: int, service_ms: float) -> web.Application:
+def build_app(slots: int, service_ms: float, jitter: float = 0.0) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app[_STATE] = _State(asyncio.Semaphore(slots), service_ms / 1000)
+    app[_STATE] = _State(asyncio.Semaphore(slots), service_ms / 1000, jitter, random.Random(slots))
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/_stats", _stats)
@@ -104,8 +109,9 @@ def build_app(slots: int, service_ms: float) -> web.Application:
 class QueueUpstream(SimProcess):
     """This module as a subprocess."""
 
-    def __init__(self, slots: int, service_ms: float) -> None:
-        super().__init__("bench.queue_upstream", ["--slots", str(slots), "--service-ms", str(service_ms)])
+    def __init__(self, slots: int, service_ms: float, jitter: float = 0.0) -> None:
+        arguments = ["--slots", str(slots), "--service-ms", str(service_ms), "--jitter", str(jitter)]
+        super().__init__("bench.queue_upstream", arguments)
         self.slots, self.service_ms = slots, service_ms
 
     @property
@@ -118,8 +124,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--service-ms", type=float, default=40.0)
+    parser.add_argument("--jitter", type=float, default=0.0)
     args = parser.parse_args()
-    uvloop.run(serve_until_signalled(build_app(args.slots, args.service_ms), args.port))
+    uvloop.run(serve_until_signalled(build_app(args.slots, args.service_ms, args.jitter), args.port))
 
 
 if __name__ == "__main__":

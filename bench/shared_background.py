@@ -22,13 +22,14 @@ import aiohttp
 from .client import Api, session
 from .procs import CpuMeter, Overnight
 
-SETTLE_S = 5.0  # after the batch's first answers, before measuring
+SETTLE_S = 20.0  # after the batch's first answers, before measuring (the delay signal's slow start)
 POLL_S = 0.1
-STEP_IDLE_S = 6.0  # (e): no online traffic, then ...
-STEP_LOADED_S = 10.0  # ... online at half the capacity, then none again for as long
+STEP_IDLE_S = 8.0  # (e): no online traffic, then ...
+STEP_LOADED_S = 12.0  # ... online at half the capacity, then none again for as long
+STEP_S = STEP_IDLE_S + 2 * STEP_LOADED_S
 SETTLED_BAND = 0.25  # (e): the window has settled once within this share of the phase's final level
-TARGET_QUEUE_DELAY_MS = 2.0  # 5 % of the simulated 40 ms request, as 20 ms is of a 0.4 s one
-LOAD_METRICS_INTERVAL_S = 0.05  # (c), (e): the window follows each reading of the server's occupancy
+TARGET_QUEUE_DELAY_MS = 20.0  # the default: 5 % of the simulated 0.4 s request
+LOAD_METRICS_INTERVAL_S = 0.25  # (c), (e): the default on a background backend
 MAX_CONCURRENCY = 128
 
 

@@ -76,8 +76,11 @@ def test_a_delay_just_over_the_target_steps_down_not_halves() -> None:
     drive = Driver(win)
     drive.answers(400, BASE_S)
     before = win.size
-    drive.answers(4 * win.limit + 1, BASE_S + 1.5 * TARGET_S)
-    assert before - 1.0 <= win.size < before
+    for _ in range(10 * win.limit):  # a few epochs, the filter's quantile moving in the first
+        drive.answer(BASE_S + 1.5 * TARGET_S)
+        if win.size != before:
+            break
+    assert win.size == before - win.settings.step
 
 
 def test_the_window_grows_only_while_it_is_used() -> None:
@@ -99,7 +102,7 @@ def occupancy(win: NeighbourWindow, own: int, running: int, waiting: int, number
 
 def test_a_reading_sets_the_window_to_the_servers_free_slots_plus_headroom() -> None:
     win = window(maximum=64, headroom=1, follow_s=1e-6)  # follows each reading at once
-    assert occupancy(win, own=6, running=10, waiting=0, number=1) == 6 + 1  # slots not known: one more
+    assert occupancy(win, own=6, running=10, waiting=0, number=1) == 6 + 3  # slots unknown: half again
     assert occupancy(win, own=7, running=16, waiting=3, number=2) == 7 - 3 + 1  # 16 slots, 3 wait
     assert win.signal == "load"
     assert win.slots.count == 16
@@ -146,7 +149,9 @@ def test_with_the_load_signal_it_finds_the_slot_count_from_one() -> None:
 def test_a_gross_slowdown_takes_one_back_despite_a_clear_reading() -> None:
     win = window(maximum=64, follow_s=1e-6)
     occupancy(win, own=6, running=16, waiting=1, number=1)
-    for number in range(2, 10):
+    for _ in range(100):  # the base latency, learned (the same reading: nothing is followed)
+        win.answered(SHAPE, BASE_S, 1_001.0, in_flight=5, load=LoadReading(1, 1, 16))
+    for number in range(2, 2 + win.settings.noise_filter):  # the filter's quantile moves
         load = LoadReading(0, number, 16)
         win.answered(SHAPE, BASE_S + 10 * TARGET_S, 1_000.0 + number, in_flight=5, load=load)
     assert win.limit == 6 - 1

@@ -4,16 +4,20 @@ may have in flight (docs/background-traffic.md).
 Pure: no I/O and no asyncio; every decision takes the time as an argument.
 
 * `BaseLatency` learns the server's unloaded latency per request *shape* (prompt size and output size,
-  each in log2 buckets): a windowed minimum that ages, so it learns again when the server's speed changes.
+  each in log2 buckets): a low quantile (BASE_QUANTILE) of the latencies over a window that ages, so it
+  learns again when the server's speed changes. A quantile, not the minimum: answers of one shape vary
+  (one writes more tokens than another, a host is busy a moment), and the fastest of thousands says
+  little of what an answer takes when nothing queues.
 * `NeighbourWindow` follows the server's occupancy where a load reading says how many requests it runs
   and queues (occupancy tracking): at each fresh reading it aims for its own requests out, plus the slots
   the reading shows free, less the server's queue, plus the configured headroom, and moves there with a
   time constant (`ServerSlots` learns the slot count). Without such a reading it is a delay-based limiter
   in the family of TCP Vegas, LEDBAT and Netflix's gradient limiter. An answer's queue delay is its
-  latency over the base latency of its shape, filtered as LEDBAT does (the least of the last few: noise
-  only adds delay, a queue delays every answer). Once an epoch (a round trip, and at least EPOCH_ANSWERS
-  answers per request the window allows) the epoch's mean delay is compared with the target: far over it
-  the window shrinks multiplicatively, over it it steps down, under it it steps up, and doubles instead
+  latency over the base latency of its shape, filtered much as LEDBAT does: the same low quantile of the
+  last `noise_filter` answers' delays (noise spreads them upward, a queue delays every answer). Once an
+  epoch (a round trip, and at least EPOCH_ANSWERS answers per request the window allows) the epoch's mean
+  delay is compared with the target: far over it the window shrinks multiplicatively, the more the
+  further over, over it it steps down, under it it steps up, and doubles instead
   until the first shrink (TCP's slow start); it grows only while it is full. A reading that shows only
   the server's queue shrinks it once per reading while more than a few wait, holds it while a few wait,
   and lets the delay signal grow it while none waits (shrinking only when grossly over).
@@ -32,9 +36,12 @@ from dataclasses import dataclass, field
 Shape = tuple[int, int]  # (log2 bucket of the body's bytes, log2 bucket of max tokens; 0: not given)
 
 _MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d{1,9})')
-BASE_EPOCH_S = 30.0  # the base latency is the minimum over the current and the previous epoch
+BASE_EPOCH_S = 30.0  # the base latency is taken over the current and the previous epoch
+BASE_QUANTILE = 0.1  # the base latency, and the filtered queue delay, are this quantile of their samples
+_BUCKETS_PER_DOUBLING = 32  # the base latency's histogram: buckets about 2 % wide
 EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the window allows
 TRACKING_S = 0.5  # load signal: the window follows the server's occupancy with this time constant
+DELAY_DECREASE = 0.15  # delay signal: the window gives back this share per target it is over (at most 30 %)
 LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
 DEADLINE_SAFETY = 0.8  # a feed should finish within this share of the time its deadline leaves
 EVERYTHING = 2**31  # the concurrency a feed needs when no time, or next to none, is left
@@ -48,41 +55,73 @@ def request_shape(body: bytes) -> Shape:
 
 
 @dataclass
-class _Minimum:
+class _Latencies:
+    """One shape's latencies over one epoch, in buckets about 2 % wide: how many in each, and the least."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    least: dict[int, float] = field(default_factory=dict)
+    total: int = 0
+
+    def add(self, seconds: float) -> None:
+        bucket = math.floor(math.log2(max(seconds, 1e-9)) * _BUCKETS_PER_DOUBLING)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.least[bucket] = min(self.least.get(bucket, math.inf), seconds)
+        self.total += 1
+
+
+def _quantile(parts: tuple[_Latencies, ...], share: float) -> float | None:
+    """The `share` quantile of the latencies in `parts` (the least latency of its bucket)."""
+    total = sum(part.total for part in parts)
+    if total == 0:
+        return None
+    rank = int(share * (total - 1))
+    seen = 0
+    for bucket in sorted({bucket for part in parts for bucket in part.counts}):
+        seen += sum(part.counts.get(bucket, 0) for part in parts)
+        if seen > rank:
+            return min(part.least.get(bucket, math.inf) for part in parts)
+    return None  # not reached: the buckets hold `total` latencies
+
+
+def _low_quantile(values: Iterable[float]) -> float:
+    """BASE_QUANTILE of a few values (the least of fewer than 1 / BASE_QUANTILE + 1)."""
+    ordered = sorted(values)
+    return ordered[int(BASE_QUANTILE * (len(ordered) - 1))]
+
+
+@dataclass
+class _Epochs:
     epoch: int
-    current: float = math.inf
-    previous: float = math.inf
+    current: _Latencies = field(default_factory=_Latencies)
+    previous: _Latencies = field(default_factory=_Latencies)
 
 
 @dataclass
 class BaseLatency:
-    """The shortest latency seen per shape over the last one to two epochs of `epoch_s`."""
+    """BASE_QUANTILE of the latencies seen per shape over the last one to two epochs of `epoch_s`."""
 
     epoch_s: float = BASE_EPOCH_S
-    _shapes: dict[Shape, _Minimum] = field(default_factory=dict)
+    _shapes: dict[Shape, _Epochs] = field(default_factory=dict)
 
-    def _rolled(self, shape: Shape, now: float) -> _Minimum | None:
+    def _rolled(self, shape: Shape, now: float) -> _Epochs | None:
         entry = self._shapes.get(shape)
         if entry is None:
             return None
         epoch = int(now // self.epoch_s)
         if epoch > entry.epoch:
-            entry.previous = entry.current if epoch == entry.epoch + 1 else math.inf
-            entry.current, entry.epoch = math.inf, epoch
+            entry.previous = entry.current if epoch == entry.epoch + 1 else _Latencies()
+            entry.current, entry.epoch = _Latencies(), epoch
         return entry
 
     def observe(self, shape: Shape, seconds: float, now: float) -> None:
         entry = self._rolled(shape, now)
         if entry is None:
-            entry = self._shapes[shape] = _Minimum(int(now // self.epoch_s))
-        entry.current = min(entry.current, seconds)
+            entry = self._shapes[shape] = _Epochs(int(now // self.epoch_s))
+        entry.current.add(seconds)
 
     def base(self, shape: Shape, now: float) -> float | None:
         entry = self._rolled(shape, now)
-        if entry is None:
-            return None
-        shortest = min(entry.current, entry.previous)
-        return None if math.isinf(shortest) else shortest
+        return None if entry is None else _quantile((entry.current, entry.previous), BASE_QUANTILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +167,11 @@ class NeighbourSettings:
     target_delay_s: float
     maximum: int  # the backend's max_concurrency
     minimum: int = 1
-    decrease_factor: float = 0.7
+    decrease_factor: float = 0.7  # a queue the server reports, or a gross slowdown
     smoothing: float = 0.2  # weight of each new delay sample in the smoothed delay
     waiting_threshold: int = 2  # a reading without `running`: shrink while more than this many wait
     step: float = 0.5  # additive change per epoch
-    noise_filter: int = 6  # a delay sample is the least of this many answers' delays
+    noise_filter: int = 32  # a delay sample is BASE_QUANTILE of this many answers' delays
     headroom: int = 0  # load signal: requests it aims for at the server over its slots (< 0: kept free)
     follow_s: float = TRACKING_S  # load signal: the time constant it follows the readings with
 
@@ -191,9 +230,8 @@ class NeighbourWindow:
         self.bases.observe(shape, seconds, now)
         base = self.bases.base(shape, now)
         self.last_base_s = base
-        raw = max(0.0, seconds - base) if base is not None else 0.0
-        self._recent.append(raw)
-        delay = min(self._recent)  # LEDBAT's filter: noise only ever adds, a queue delays every answer
+        self._recent.append(seconds - base if base is not None else 0.0)
+        delay = max(0.0, _low_quantile(self._recent))  # noise spreads delays upward, a queue shifts them all
         weight = self.settings.smoothing
         self.delay_s += weight * (delay - self.delay_s)
         self.latency_s = (
@@ -222,10 +260,13 @@ class NeighbourWindow:
         plus the slots the reading shows free, less the server's queue, plus the headroom; the window
         follows that with the time constant `follow_s` (the online load changes faster than batch
         requests end, so following each reading at once only adds noise). Until a reading has shown a
-        queue, the slot count is not known: it probes one more. A gross slowdown takes one back."""
+        queue, the slot count is not known: it probes half as many again as it has out (at least one, as
+        TCP's slow start does, so a server of hundreds of slots is found in a few readings). A gross
+        slowdown takes one back."""
         self.slots.observe(running, load.waiting, now)
         free = self.slots.count - running - load.waiting
-        extra = self.settings.headroom if self.slots.confirmed else max(1, self.settings.headroom)
+        probe = max(1, self.settings.headroom, own // 2)
+        extra = self.settings.headroom if self.slots.confirmed else probe
         if delay > LOAD_DELAY_FACTOR * self.settings.target_delay_s:
             extra = min(extra, 0) - 1
         wanted = own + free + extra
@@ -248,8 +289,9 @@ class NeighbourWindow:
                 self._shrink(now)
             elif load.waiting == 0 and used:  # a few waiting: hold
                 self._grow()
-        elif mean > 2 * target:
-            self._shrink(now)
+        elif mean > 2 * target:  # LEDBAT: the further over, the more it gives back
+            given_back = min(1 - self.settings.decrease_factor, DELAY_DECREASE * (mean / target - 1))
+            self._shrink(now, 1 - given_back)
         elif mean > target:
             self._slow_start = False
             self.size = max(float(self.minimum), self.size - self.settings.step)
@@ -260,10 +302,11 @@ class NeighbourWindow:
         grown = self.size * 2 if self._slow_start else self.size + self.settings.step
         self.size = min(float(self.settings.maximum), grown)
 
-    def _shrink(self, now: float) -> None:
+    def _shrink(self, now: float, factor: float | None = None) -> None:
         self._slow_start = False
         self._epoch_start, self._epoch_delay, self._epoch_answers = now, 0.0, 0
-        self.size = max(float(self.minimum), self.size * self.settings.decrease_factor)
+        kept = self.settings.decrease_factor if factor is None else factor
+        self.size = max(float(self.minimum), self.size * kept)
 
     def plan_deadlines(self, needs: Iterable[FeedNeed], now: float) -> DeadlineChanges:
         """Raise the floor for the feeds that cannot finish by their deadline at the current rate; the
