@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
+
+import pytest
 
 from overnight.backends.http import HttpBackend
 from overnight.config import BackendConfig
@@ -44,6 +49,7 @@ async def run_batch(
     traffic: TrafficSettings | None,
     bodies: list[dict[str, object]],
     load: Callable[[], LoadReading | None] = lambda: None,
+    deadline: int = 2**40,
 ) -> tuple[list[ResultRow], BackendScheduler]:
     config = BackendConfig(name="q", base_url=upstream.base_url, max_concurrency=MAX_CONCURRENCY)
     backend = HttpBackend(config, api_key=None, timeout_s=60)
@@ -55,11 +61,12 @@ async def run_batch(
     feed = Feed(
         batch_id="batch_q",
         project="p",
-        deadline=2**40,
+        deadline=deadline,
         endpoint="/v1/chat/completions",
         lines=lines_of(bodies),
         line_id=lambda number: f"batch_q-{number}",
         sink=rows.append,
+        lines_left=len(bodies),
     )
     try:
         assert await scheduler.run(feed)
@@ -113,3 +120,25 @@ async def test_the_priority_field_reaches_the_server() -> None:
     # each line once; its own later priority kept, an earlier one raised to the backend's
     assert sorted(upstream.priorities) == [10, 10, 10, 50]
     assert len(rows) == 4
+
+
+async def test_a_batch_whose_deadline_nears_takes_what_it_needs_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server's every reading shows it full with a long queue (online traffic that never leaves): the
+    window alone would stay at 1, and 200 lines of 20 ms would take 4 s; the deadline is 2 s away."""
+    readings = itertools.count(1)
+
+    def always_full() -> LoadReading:
+        return LoadReading(waiting=50, number=next(readings), running=SLOTS)
+
+    caplog.set_level(logging.INFO, logger="overnight.engine")
+    async with QueueingUpstream(SLOTS, SERVICE_S) as upstream:
+        _rows, scheduler = await run_batch(
+            upstream, BACKGROUND, [body(i) for i in range(200)], always_full, deadline=int(time.time()) + 2
+        )
+    assert scheduler.background is not None
+    said = [r for r in caplog.records if "cannot finish by its deadline" in r.getMessage()]
+    assert said
+    assert all(r.levelno == logging.WARNING for r in said)
+    assert upstream.max_at_once > 1  # more than the full server's window of 1 (and every line ran)

@@ -25,6 +25,7 @@ class QueueingUpstream:
         self.waiting = 0
         self.running = 0
         self.max_waiting = 0
+        self.max_at_once = 0  # the most requests it held at once, running and waiting
         self.served = 0
         self.priorities: list[Any] = []
         self._runner: web.AppRunner | None = None
@@ -36,6 +37,7 @@ class QueueingUpstream:
         self.priorities.append(body.get("priority"))
         self.waiting += 1
         self.max_waiting = max(self.max_waiting, self.waiting)
+        self.max_at_once = max(self.max_at_once, self.waiting + self.running)
         try:
             await self.slots.acquire()  # first come, first served
         finally:

@@ -330,3 +330,23 @@ def test_a_deadline_a_hair_away_needs_everything_rather_than_overflowing() -> No
     assert needed_concurrency(1, 2.225073858507203e-309, 1.0) == EVERYTHING  # found by Hypothesis
     assert needed_concurrency(1, 0.0, 1.0) == EVERYTHING
     assert needed_concurrency(10, 100.0, 1.0) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(16, 128), st.integers(0, 12))
+def test_workers_reading_one_server_share_its_free_slots_instead_of_each_taking_them_all(
+    workers: int, slots: int, online: int
+) -> None:
+    wins = [window(256) for _ in range(workers)]
+    for win in wins:
+        win.share = 1 / workers  # each holds that share of the backend's slots (engine/slots.py)
+    totals = []
+    for number in range(1, 160):  # a reading every 0.25 s; each worker answers once with it
+        demand = sum(win.limit for win in wins) + online
+        running, waiting = min(slots, demand), max(0, demand - slots)
+        for win in wins:
+            load = LoadReading(waiting, number, running)
+            win.answered(SHAPE, BASE_S, 1_000.0 + number / 4, in_flight=win.limit - 1, load=load)
+        totals.append(sum(win.limit for win in wins))
+    settled = totals[-40:]  # no swing between overshoot and undershoot: near the free slots, and steady
+    assert all(slots - online - 2 * workers <= total <= slots - online + 2 * workers for total in settled)

@@ -204,6 +204,10 @@ class NeighbourWindow:
         self.latency_s: float | None = None  # smoothed latency (the round trip)
         self.last_base_s: float | None = None  # base latency of the last answer's shape
         self.signal = "delay"  # what drove the last decision: "delay" or "load"
+        # Load signal: the part of what a reading shows free (or queued) this worker takes on (or gives
+        # back): its share of the backend's slots across workers (engine/slots.py), so that workers that
+        # read the same server do not each take all its free slots at once.
+        self.share = 1.0
         self.overrides: dict[str, int] = {}  # batch id -> concurrency its deadline needs
         self._slow_start = True
         self._recent: deque[float] = deque(maxlen=settings.noise_filter)
@@ -262,14 +266,16 @@ class NeighbourWindow:
         requests end, so following each reading at once only adds noise). Until a reading has shown a
         queue, the slot count is not known: it probes half as many again as it has out (at least one, as
         TCP's slow start does, so a server of hundreds of slots is found in a few readings). A gross
-        slowdown takes one back."""
+        slowdown takes one back. With `share` < 1 (other workers read the same server) it takes on only
+        its share of what the reading shows free or queued: each taking all of it would overshoot."""
         self.slots.observe(running, load.waiting, now)
         free = self.slots.count - running - load.waiting
-        probe = max(1, self.settings.headroom, own // 2)
-        extra = self.settings.headroom if self.slots.confirmed else probe
+        extra = self.settings.headroom if self.slots.confirmed else max(1, self.settings.headroom)
         if delay > LOAD_DELAY_FACTOR * self.settings.target_delay_s:
             extra = min(extra, 0) - 1
-        wanted = own + free + extra
+        wanted = own + self.share * (free + extra)
+        if not self.slots.confirmed:
+            wanted = max(wanted, own + max(1, own // 2))
         elapsed = math.inf if self._tracked_at is None else now - self._tracked_at
         self._tracked_at = now
         follows = self.slots.confirmed  # a probe (the slot count not known yet) goes at once

@@ -129,6 +129,8 @@ class BackendScheduler:
         fraction = max(cap, 1) / self.backend.max_concurrency
         for bucket, rate, burst in self._full_rates:
             bucket.rate_per_s, bucket.burst = rate * fraction, max(1.0, burst * fraction)
+        if self.background is not None:
+            self.background.window.share = fraction
         self._wake.set()
 
     @property
