@@ -45,6 +45,9 @@ def test_rates_and_money() -> None:
     assert views.usd(None) == "unknown"
     assert views.usd(0.01234) == "$0.0123"
     assert views.usd(1234.5) == "$1,234.50"
+    assert views.usd(0.0) == "$0.0000"
+    assert views.usd(0.0000123) == "$0.000012"  # a few tokens' worth is not shown as $0.0000
+    assert views.usd(0.00009) == "$0.000090"
 
 
 def test_an_eta_is_unknown_until_measured_and_done_at_the_end() -> None:

@@ -155,6 +155,14 @@ def test_window_left_is_floored_at_zero(elapsed: int, window_s: int) -> None:
     assert progress.window_left_s == max(0, window_s - elapsed)
 
 
+def test_an_ended_batch_has_no_window_left() -> None:
+    for status in (S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED):
+        ended = estimate(a_batch(10, 10, status=status), [], START + 60)
+        assert ended.window_left_s == 0, status
+    for status in (S.VALIDATING, S.IN_PROGRESS, S.FINALIZING, S.CANCELLING):
+        assert estimate(a_batch(10, 5, status=status), [], START + 60).window_left_s == 86400 - 60, status
+
+
 def test_samples_come_back_oldest_first() -> None:
     samples = [Sample(START + 10, 5, 0), Sample(START, 0, 0), Sample(START + 5, 2, 1)]
     assert [s.at for s in estimate(a_batch(10, 5), samples, START + 10).samples] == [

@@ -32,6 +32,7 @@ class Progress:
 
     `rate_per_s` (lines finished per second) and `eta_s` are None while unknown (too little measured
     yet, or nothing moving); `eta_s` is 0 once every line has a result (or the batch has ended).
+    `window_left_s` is what is left of the completion window: 0 once the batch has ended.
     """
 
     batch_id: str
@@ -91,7 +92,8 @@ def estimate(batch: Batch, samples: Sequence[Sample], now: int) -> Progress:
 
     The rate is measured only while the batch is in progress; the ETA is the lines left over that
     rate, rounded up (never 0 while lines are left), 0 once nothing is left to run (every line has a
-    result, or the batch is finalizing or has ended), and None while unknown.
+    result, or the batch is finalizing or has ended), and None while unknown. The window left is 0 once
+    the batch has ended: nothing of it is left to use.
     """
     counts = batch.request_counts
     ordered = tuple(sorted(samples, key=lambda sample: sample.at))
@@ -115,7 +117,7 @@ def estimate(batch: Batch, samples: Sequence[Sample], now: int) -> Progress:
         failed=counts.failed,
         rate_per_s=rate,
         eta_s=eta,
-        window_left_s=max(0, batch.expires_at - now),
+        window_left_s=0 if batch.status in TERMINAL else max(0, batch.expires_at - now),
         samples=ordered,
     )
 

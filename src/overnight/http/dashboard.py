@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,14 +17,16 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
+from overnight.domain.clock import Clock, SystemClock
 from overnight.domain.errors import Conflict, InvalidRequest, NotFound
 from overnight.domain.models import Batch
 from overnight.domain.progress import Progress
 from overnight.http import dashboard_auth as auth
+from overnight.http import dashboard_costs as costs_view
 from overnight.http import dashboard_views as views
 from overnight.http.auth import Authenticator, Identity
 from overnight.services.batches import BatchesService
-from overnight.services.costs import CostsService
+from overnight.services.costs import DAY_S, CostsService, day_name
 from overnight.services.files import FilesService
 from overnight.services.progress import ProgressService
 
@@ -51,6 +53,7 @@ class Dashboard:
     files: FilesService
     progress: ProgressService
     costs: CostsService
+    clock: Clock = field(default_factory=SystemClock)  # what "today" is on the costs page
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ def add_routes(app: web.Application, dashboard: Dashboard, authenticator: Authen
     app.router.add_get("/ui/batches/{batch_id}", batch_page)
     app.router.add_get("/ui/fragments/batches/{batch_id}", batch_fragment)
     app.router.add_post("/ui/batches/{batch_id}/cancel", cancel)
+    app.router.add_get("/ui/costs", costs_page)
     app.router.add_get("/ui/files/{file_id}/content", download)
     app.router.add_get("/ui/signin", sign_in_form)
     app.router.add_post("/ui/signin", sign_in)
@@ -305,6 +309,37 @@ async def download(request: web.Request) -> web.StreamResponse:
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+# -- costs -----------------------------------------------------------------------------------------
+
+
+async def costs_page(request: web.Request) -> web.Response:
+    """Usage and cost per day, project, model and source over the last `?days=` days (30 by default)."""
+    identity = await _identity(request)
+    if identity is None:
+        return _sign_in_page(request)
+    days = costs_view.period_days(request.query.get("days"))
+    if days is None:
+        text = f"Choose a period of 1 to {costs_view.MAX_DAYS} days, for example /ui/costs?days=7."
+        return _problem(request, identity, 400, "Not a period", text)
+    dashboard = request.app[_PARTS].dashboard
+    now = int(dashboard.clock.now())
+    start = costs_view.period_start(now, days)
+    rows = await dashboard.costs.costs(_scope(identity), start, None)
+    page = costs_view.costs_page(rows)
+    context = {
+        "identity": identity,
+        "page": page,
+        "price_snippet": costs_view.price_snippet(page.unpriced),
+        "days": days,
+        "periods": costs_view.PERIODS,
+        "first_day": day_name(start),
+        "last_day": day_name(now // DAY_S * DAY_S),
+        "has_prices": bool(dashboard.costs.prices.prices),
+        "base_url": _api_base_url(request),
+    }
+    return _render(request, "costs.html", context)
 
 
 # -- signing in and out ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ rules are tested without a server."""
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,10 +48,15 @@ def rate(per_second: float | None) -> str:
 
 
 def usd(amount: float | None) -> str:
+    """Dollars to the cent from $100, else to 4 decimals; an amount too small for those shows 2 significant
+    digits (a few tokens' worth reads $0.000012, not $0.0000)."""
     if amount is None:
         return "unknown"
     if abs(amount) >= 100:
         return f"${amount:,.2f}"
+    if 0 < abs(amount) < 0.0001:
+        digits = min(12, 1 - math.floor(math.log10(abs(amount))))
+        return f"${amount:.{digits}f}"
     return f"${amount:.4f}"
 
 
