@@ -39,6 +39,8 @@ class StreamAnswer:
     `chunks` yields the body's bytes as they come (any split; an event may span chunks) and ends with
     the stream; it raises `ConnectionError` or `TimeoutError` when the stream is cut off. `close`
     stops reading and frees the connection; the caller always calls it, also after the last chunk.
+    `usage`, from a backend that counts the tokens itself (the local models), gives them once closed,
+    whether the stream reports them or not; without it they are read from the events.
     """
 
     status: int
@@ -46,6 +48,7 @@ class StreamAnswer:
     content_type: str
     chunks: AsyncIterator[bytes]
     close: Callable[[], Awaitable[None]]
+    usage: Callable[[], Usage] | None = None
 
 
 class Backend(Protocol):

@@ -241,7 +241,7 @@ class Relay:
     """The upstream's chunks as they come (an async iterator of bytes). A stream cut off ends with an
     error event, which the SDK raises. `aclose`, however the stream ended or whether it was read at
     all (the client may go away), closes the upstream's stream, frees the slot and counts the usage
-    the stream reported."""
+    the stream reported (or, from a backend that counts it, `StreamAnswer.usage`)."""
 
     def __init__(
         self,
@@ -295,5 +295,7 @@ class Relay:
         try:
             await self._stream.close()
         finally:
-            self._call.slots.release(self._ticket, self._usage.usage)
-            self._finished(self._usage.usage or Usage())
+            counted = self._stream.usage
+            usage = counted() if counted is not None else self._usage.usage
+            self._call.slots.release(self._ticket, usage)
+            self._finished(usage or Usage())

@@ -2,7 +2,8 @@
 
 It serves each model's own name and the configured aliases (alias -> model name); the answer's
 `model` is the name the request used. Failures never come from the network, so none is worth a
-retry: every error answer says `should_retry=False`.
+retry: every error answer says `should_retry=False`. Models that can (StreamingModel: the chat model)
+stream their answers as server-sent events; the others refuse `stream: true` with a 400.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import msgspec
 
 from overnight.backends.base import Attempt, StreamAnswer
-from overnight.backends.local.base import LocalModel, error_answer
+from overnight.backends.local.base import LocalModel, StreamingModel, error_answer
 
 log = logging.getLogger("overnight.local")
 
@@ -26,14 +27,9 @@ MAX_CONCURRENCY = 1024  # requests handed to the models at once: room for large 
 OWNED_BY = "overnight"
 KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m-instruct")  # names a `model_aliases` entry may target
 
+EVENT_STREAM = "text/event-stream"
+
 _decoder = msgspec.json.Decoder()
-_NO_STREAM = error_answer(
-    400,
-    "The local models do not stream their answers: send this request without `stream`, or with "
-    "`stream: false`.",
-    param="stream",
-    code="unsupported_value",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +106,23 @@ class LocalBackend:
         return Attempt(status, data, request_id, should_retry=False if status >= 400 else None)
 
     async def stream(self, endpoint: str, body: bytes) -> Attempt | StreamAnswer:
-        """The local models answer whole, never as a stream: a streamed request is refused with a 400
-        that says so (docs/local-models.md), after the checks every request gets."""
+        """The model's event stream, after the checks every request gets; a model that does not stream
+        (embeddings) refuses with a 400 naming `stream`."""
+        request_id = _new_request_id()
         found = self._resolve(endpoint, body)
-        status, data = found if isinstance(found, tuple) else _NO_STREAM
-        return Attempt(status, data, _new_request_id(), should_retry=False)
+        if isinstance(found, tuple):
+            return Attempt(*found, request_id, should_retry=False)
+        model = found.model
+        if not isinstance(model, StreamingModel):
+            return Attempt(*_no_stream(found.name, endpoint), request_id, should_retry=False)
+        try:
+            answer = await model.stream(endpoint, found.request, found.name)
+        except Exception:
+            log.exception("local model %s failed on a stream of %s", model.name, endpoint)
+            return Attempt(*_failed(model), request_id, should_retry=False)
+        if isinstance(answer, tuple):
+            return Attempt(*answer, request_id, should_retry=False)
+        return StreamAnswer(200, request_id, EVENT_STREAM, answer.events, answer.close, answer.usage)
 
     def _resolve(self, endpoint: str, body: bytes) -> _Resolved | tuple[int, bytes]:
         """The model, decoded request and name asked for, or the error answer when none serves it."""
@@ -156,8 +164,19 @@ class LocalBackend:
             return await model.handle(endpoint, request, name)
         except Exception:
             log.exception("local model %s failed on %s", model.name, endpoint)
-            return error_answer(
-                500,
-                f"The local model '{model.name}' failed while answering this request.",
-                kind="server_error",
-            )
+            return _failed(model)
+
+
+def _failed(model: LocalModel) -> tuple[int, bytes]:
+    message = f"The local model '{model.name}' failed while answering this request."
+    return error_answer(500, message, kind="server_error")
+
+
+def _no_stream(name: str, endpoint: str) -> tuple[int, bytes]:
+    return error_answer(
+        400,
+        f"The model '{name}' does not stream its answers on {endpoint}: send this request without "
+        "`stream`, or with `stream: false`.",
+        param="stream",
+        code="unsupported_value",
+    )

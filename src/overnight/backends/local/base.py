@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
+
+from overnight.domain.models import Usage
 
 
 class LocalModel(Protocol):
@@ -30,6 +34,29 @@ class LocalModel(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class LocalStream:
+    """A streamed answer under way: `events` are the bytes of its server-sent events as the model writes
+    them; `close` (always called, read to the end or not) stops the generation; `usage` is what it has
+    used so far (final once closed)."""
+
+    events: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+    usage: Callable[[], Usage]
+
+
+@runtime_checkable
+class StreamingModel(LocalModel, Protocol):
+    """A LocalModel that can also stream its answers (the others refuse `stream: true`)."""
+
+    async def stream(
+        self, endpoint: str, request: dict[str, Any], model_name: str
+    ) -> tuple[int, bytes] | LocalStream:
+        """Answer one request with `stream: true`: an event stream, or an error answer as `handle` gives
+        one when the request fails before any event."""
+        ...
+
+
 class Refusal(Exception):
     """A request this model cannot serve as sent: a 400 with OpenAI's error shape."""
 
@@ -38,6 +65,9 @@ class Refusal(Exception):
         self.message = message
         self.param = param
         self.code = code
+
+    def answer(self) -> tuple[int, bytes]:
+        return error_answer(400, self.message, param=self.param, code=self.code)
 
 
 def is_int(value: object) -> bool:

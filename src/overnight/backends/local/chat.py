@@ -8,7 +8,9 @@ temperature (0 is greedy) and top_p, with llama.cpp's own top-k and min-p filter
 draws a fresh seed. See docs/local-models.md.
 
 A llama.cpp context is not thread-safe, so the model runs as a small pool of instances, each on
-one thread of the model's own executor at a time; requests never run on the event loop. Nothing is
+one thread of the model's own executor at a time; requests never run on the event loop. A streamed
+request (`stream: true`) holds an instance the same way and sends its answer token by token as it is
+generated (chat_stream, chat_events). Nothing is
 imported or loaded at import time: `load_chat_model` checks what is installed, `start` loads.
 """
 
@@ -22,12 +24,14 @@ import logging
 import os
 import queue
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from overnight.backends.local.base import Refusal, error_answer
+from overnight.backends.local.base import LocalStream, Refusal, error_answer
 from overnight.backends.local.chat_answers import answer
+from overnight.backends.local.chat_events import encoder_for
 from overnight.backends.local.chat_requests import (
     CHAT,
     COMPLETIONS,
@@ -38,6 +42,14 @@ from overnight.backends.local.chat_requests import (
     Prompt,
     Sampling,
     parse,
+)
+from overnight.backends.local.chat_stream import (
+    Chunks,
+    Handoff,
+    Tally,
+    TokenCounter,
+    open_stream,
+    stream_job,
 )
 
 if TYPE_CHECKING:
@@ -142,12 +154,27 @@ class ChatRunner:
             "seed": seed,
         }
 
+    def _format(self, sampling: Sampling) -> dict[str, Any]:
+        """The options that ask for JSON, where the request does."""
+        if sampling.json_schema is None:
+            return {}
+        response_format: dict[str, Any] = {"type": "json_object"}
+        if sampling.json_schema:
+            response_format["schema"] = sampling.json_schema
+        return {"response_format": response_format}
+
+    def _prompt(self, prompt: Prompt, index: int) -> Prompt:
+        if isinstance(prompt, list) and any(token >= self.vocab for token in prompt):
+            raise Refusal(
+                f"'prompt[{index}]' holds token ids outside this model's vocabulary (0 to {self.vocab - 1}).",
+                "prompt",
+            )
+        if prompt == "":  # nothing to condition on: start from the beginning-of-text token, as OpenAI does
+            return [self.llama.token_bos()]
+        return prompt
+
     def chat(self, messages: list[Message], sampling: Sampling, seed: int) -> Generation:
-        options = self._options(sampling, seed)
-        if sampling.json_schema is not None:
-            options["response_format"] = {"type": "json_object"}
-            if sampling.json_schema:
-                options["response_format"]["schema"] = sampling.json_schema
+        options = self._options(sampling, seed) | self._format(sampling)
         try:
             out = self.llama.create_chat_completion(messages=cast(Any, messages), **options)
         except ValueError as exc:
@@ -157,13 +184,7 @@ class ChatRunner:
         return _generation(choice["message"].get("content") or "", choice, result["usage"])
 
     def complete(self, prompt: Prompt, sampling: Sampling, seed: int, index: int) -> Generation:
-        if isinstance(prompt, list) and any(token >= self.vocab for token in prompt):
-            raise Refusal(
-                f"'prompt[{index}]' holds token ids outside this model's vocabulary (0 to {self.vocab - 1}).",
-                "prompt",
-            )
-        if prompt == "":  # nothing to condition on: start from the beginning-of-text token, as OpenAI does
-            prompt = [self.llama.token_bos()]
+        prompt = self._prompt(prompt, index)
         try:
             out = self.llama.create_completion(prompt=prompt, **self._options(sampling, seed))
         except ValueError as exc:
@@ -171,6 +192,31 @@ class ChatRunner:
         result = cast(dict[str, Any], out)
         choice = result["choices"][0]
         return _generation(choice["text"], choice, result["usage"])
+
+    def chunks(self, job: Job, index: int, choice: int, counter: TokenCounter) -> Chunks:
+        """llama.cpp's stream of one choice for input `index`, without the stop sequences (chat_stream
+        applies them), the whole prompt evaluated as in `run`."""
+        import llama_cpp
+
+        self.llama.reset()  # type: ignore[no-untyped-call]
+        options = self._options(job.sampling, llama_seed(job.sampling.seed, choice))
+        options |= {"stop": [], "stream": True, "logits_processor": llama_cpp.LogitsProcessorList([counter])}
+        try:
+            if job.kind == "chat":
+                messages = cast(Any, job.conversations[index])
+                chats = self.llama.create_chat_completion(
+                    messages=messages, **options, **self._format(job.sampling)
+                )
+                for chunk in cast(Iterator[Any], chats):
+                    part = chunk["choices"][0]
+                    yield part["delta"].get("content") or "", part["finish_reason"]
+            else:
+                prompt = self._prompt(job.prompts[index], index)
+                for chunk in cast(Iterator[Any], self.llama.create_completion(prompt=prompt, **options)):
+                    part = chunk["choices"][0]
+                    yield part["text"], part["finish_reason"]
+        except ValueError as exc:
+            raise _context_refusal(exc, "messages" if job.kind == "chat" else "prompt") from exc
 
 
 def _generation(text: str, choice: dict[str, Any], usage: dict[str, Any]) -> Generation:
@@ -215,6 +261,7 @@ class SmolLmChat:
         self._runners: list[ChatRunner] = []
         self._executor: ThreadPoolExecutor | None = None
         self._start_lock = asyncio.Lock()
+        self._streams: set[Handoff] = set()  # those generating or waiting for an instance
         self._closed = False
 
     def __repr__(self) -> str:
@@ -247,8 +294,11 @@ class SmolLmChat:
         return ChatRunner(self.model_path, threads=self.threads, context=self.context)
 
     async def close(self) -> None:
-        """Requests still queued are cancelled; those running finish first, then the instances are freed."""
+        """Requests still queued are cancelled; those running finish first (streams stop at their next
+        token), then the instances are freed."""
         self._closed = True
+        for handoff in list(self._streams):
+            handoff.cancelled.set()
         executor, self._executor = self._executor, None
         if executor is not None:
             shutdown = functools.partial(executor.shutdown, wait=True, cancel_futures=True)
@@ -270,27 +320,61 @@ class SmolLmChat:
         finally:
             self._idle.put(runner)
 
-    async def generate(self, job: Job) -> list[Generation]:
-        """Run `job` on a free instance, off the event loop."""
+    async def _ready(self) -> ThreadPoolExecutor:
         if self._executor is None:
             await self._load_all()
         executor = self._executor
         if executor is None:
             raise RuntimeError(f"{MODEL_NAME} is closed")
+        return executor
+
+    async def generate(self, job: Job) -> list[Generation]:
+        """Run `job` on a free instance, off the event loop."""
+        executor = await self._ready()
         return await asyncio.get_running_loop().run_in_executor(executor, self._run, job)
 
+    def _stream(self, job: Job, handoff: Handoff, tally: Tally) -> None:
+        runner = self._idle.get()  # never waits, as in `_run`
+        try:
+            handoff.run(lambda: stream_job(runner.chunks, job, handoff, tally))
+        finally:
+            self._idle.put(runner)
+
     async def handle(self, endpoint: str, request: dict[str, Any], model_name: str) -> tuple[int, bytes]:
+        job = self._job(endpoint, request, model_name)
+        if isinstance(job, tuple):
+            return job
+        try:
+            generations = await self.generate(job)
+        except Refusal as refusal:
+            return refusal.answer()
+        return 200, answer(endpoint, job, generations, request, model_name)
+
+    async def stream(
+        self, endpoint: str, request: dict[str, Any], model_name: str
+    ) -> tuple[int, bytes] | LocalStream:
+        """The answer as server-sent events, generated token by token on a free instance (chat_stream)."""
+        job = self._job(endpoint, request, model_name)
+        if isinstance(job, tuple):
+            return job
+        executor = await self._ready()
+        handoff, tally = Handoff(asyncio.get_running_loop()), Tally()
+        self._streams.add(handoff)
+        future = executor.submit(self._stream, job, handoff, tally)
+        future.add_done_callback(lambda _: self._streams.discard(handoff))  # also when cancelled unstarted
+        return await open_stream(future, handoff, tally, encoder_for(endpoint, job, request, model_name))
+
+    def _job(self, endpoint: str, request: dict[str, Any], model_name: str) -> Job | tuple[int, bytes]:
+        """What the request asks this model for, or the error answer when it cannot be run."""
         if endpoint not in ENDPOINTS:
             served = ", ".join(sorted(ENDPOINTS))
             return error_answer(
                 404, f"The model '{model_name}' serves {served}, not {endpoint}.", param="model"
             )
         try:
-            job = parse(endpoint, request)
-            generations = await self.generate(job)
+            return parse(endpoint, request)
         except Refusal as refusal:
-            return error_answer(400, refusal.message, param=refusal.param, code=refusal.code)
-        return 200, answer(endpoint, job, generations, request, model_name)
+            return refusal.answer()
 
 
 def load_chat_model(

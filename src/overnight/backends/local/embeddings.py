@@ -290,7 +290,7 @@ class MiniLmEmbeddings:
         try:
             parsed = parse_request(request)
         except Refusal as refusal:
-            return error_answer(400, refusal.message, param=refusal.param, code=refusal.code)
+            return refusal.answer()
         if self._batcher is None:
             raise RuntimeError(f"{MODEL_NAME} is not started")
         results = await self._batcher.submit(parsed.items)
