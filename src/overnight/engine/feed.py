@@ -35,6 +35,19 @@ class Request:
     waiting: bool = False  # queued again to wait for the backend, not for a backoff of its own
 
 
+class ReadyQueue(deque[Request]):
+    """A feed's requests to send, in the input's order; `full` once it holds `limit` (its reader waits).
+    engine/prefix_queue.py's PrefixQueue offers the same operations in a prefix-cache-aware order."""
+
+    def __init__(self, limit: int = 64) -> None:
+        super().__init__()
+        self.limit = limit
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= self.limit
+
+
 @dataclass(eq=False)
 class Feed:
     """One batch's lines for one backend."""
@@ -47,7 +60,7 @@ class Feed:
     line_id: LineId
     sink: Sink
     skip: Callable[[int], bool] = lambda _line_no: False
-    ready: deque[Request] | PrefixQueue = field(default_factory=deque)  # PrefixQueue: prefix_ordering
+    ready: ReadyQueue | PrefixQueue = field(default_factory=ReadyQueue)  # PrefixQueue: prefix_ordering
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     retrying: int = 0  # its requests waiting for a retry's time
     last_failures: dict[int, Attempt] = field(default_factory=dict)  # set when it ends, by line number

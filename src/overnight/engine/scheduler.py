@@ -23,7 +23,6 @@ import heapq
 import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Iterator
 
 from overnight.backends.base import Attempt, Backend
@@ -34,11 +33,11 @@ from overnight.domain.validation import is_blank, parse_request
 from overnight.engine.background_traffic import BackgroundTraffic, TrafficSettings, with_priority
 from overnight.engine.control import AimdWindow, BreakerState, CircuitBreaker, TokenBucket
 from overnight.engine.digest import ErrorDigest, Fate, describe_failure
-from overnight.engine.feed import Feed, RateLimits, Request, estimate_tokens
+from overnight.engine.feed import Feed, RateLimits, ReadyQueue, Request, estimate_tokens
 from overnight.engine.metrics import EngineMetrics
 from overnight.engine.neighbour import FeedNeed, LoadReading
 from overnight.engine.online import Lane, NoSlot, Ticket, TicketQueue, granted, wait_limit
-from overnight.engine.prefix_queue import PrefixOrdering, PrefixQueue, WarmPrefix
+from overnight.engine.prefix_queue import PrefixOrdering, WarmPrefix
 from overnight.engine.recent import RecentAttempts, is_failure
 from overnight.engine.retry import Judgement, RetryPolicy, is_charged, judge
 from overnight.engine.waiting import wait_event
@@ -192,8 +191,7 @@ class BackendScheduler:
     # -- feeds -----------------------------------------------------------------------------------
     def _register(self, feed: Feed) -> None:
         feed.order = next(self._order)
-        if self._warm is not None:
-            feed.ready = self._warm.queue(feed.endpoint)
+        feed.ready = ReadyQueue(self._prefetch) if self._warm is None else self._warm.queue(feed.endpoint)
         active = [self._served[f.project] for f in self._feeds if f.project in self._served]
         self._served.setdefault(feed.project, min(active, default=0))
         self._feeds.append(feed)
@@ -232,7 +230,7 @@ class BackendScheduler:
         async for line_no, raw in feed.lines:
             if is_blank(raw) or feed.skip(line_no):
                 continue
-            while self._full(feed.ready):
+            while feed.ready.full:
                 feed.room.clear()
                 await feed.room.wait()
             request = parse_request(raw)
@@ -240,9 +238,6 @@ class BackendScheduler:
             self._wake.set()
         feed.exhausted = True
         feed.check_finished()
-
-    def _full(self, ready: deque[Request] | PrefixQueue) -> bool:
-        return ready.full if isinstance(ready, PrefixQueue) else len(ready) >= self._prefetch
 
     # -- dispatching -----------------------------------------------------------------------------
     async def _run_pump(self) -> None:
