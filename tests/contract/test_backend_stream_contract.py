@@ -49,12 +49,6 @@ async def test_a_stream_is_events_or_a_refusal_naming_stream(
         body = streamed("s-every")
     async with run_with() as run:
         answer = await open_stream(run, body, endpoint)
-        if not harness.streams:
-            assert isinstance(answer, Attempt)
-            assert answer.status == 400
-            assert error_of(answer)["param"] == "stream"
-            assert answer.should_retry is False
-            return
         assert isinstance(answer, StreamAnswer)
         assert 200 <= answer.status < 300
         assert answer.content_type.startswith("text/event-stream")
@@ -80,7 +74,6 @@ async def test_a_stream_for_an_unknown_model_is_an_openai_error(
 async def test_a_stream_carries_the_usage_chunk_when_asked(
     harness: Harness, run_with: Callable[..., Any]
 ) -> None:
-    harness.require_forwarding()
     async with run_with() as run:
         answer = await open_stream(run, streamed("s-usage"))
         assert isinstance(answer, StreamAnswer)
@@ -121,17 +114,22 @@ async def test_an_error_answer_to_a_stream_comes_back_whole_after_one_request(
     assert answer.retry_after == 2.0
 
 
-async def test_a_whole_answer_to_a_stream_request_comes_back_as_an_attempt(
+async def test_embeddings_asked_to_stream_answer_whole_or_refuse_naming_stream(
     harness: Harness, run_with: Callable[..., Any]
 ) -> None:
-    harness.require_forwarding()  # embeddings have no stream: the upstream answers whole
+    """Embeddings have no stream: an upstream answers whole; the local models refuse, naming `stream`."""
     async with run_with() as run:
         answer = await open_stream(
             run, {"model": "fake-embed", "input": "hi", "stream": True}, "/v1/embeddings"
         )
     assert isinstance(answer, Attempt)
-    assert answer.status == 200
-    assert json.loads(answer.body)["object"] == "list"
+    if harness.forwards:
+        assert answer.status == 200
+        assert json.loads(answer.body)["object"] == "list"
+    else:
+        assert answer.status == 400
+        assert error_of(answer)["param"] == "stream"
+        assert answer.should_retry is False
 
 
 async def test_a_stream_cut_off_raises_connection_error(

@@ -55,7 +55,6 @@ class Harness:
     make: Callable[[Options], Backend]
     forwards: bool  # requests reach FakeUpstream, so `fake` directives and its counters apply
     endpoints: frozenset[str] | None = None  # those it serves; None: all
-    streams: bool = True  # answers `stream: true` with an event stream (else refuses it with a 400)
 
     def require_forwarding(self) -> None:
         if not self.forwards:
@@ -70,7 +69,7 @@ LOCAL_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/emb
 IMPLEMENTATIONS = [
     pytest.param(Harness(make_http, forwards=True), id="http"),
     pytest.param(
-        Harness(make_local, forwards=False, endpoints=LOCAL_ENDPOINTS, streams=False),
+        Harness(make_local, forwards=False, endpoints=LOCAL_ENDPOINTS),
         id="local",
         marks=pytest.mark.skipif(not embeddings_available(), reason="local embeddings not installed"),
     ),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+from overnight.backends.local.base import LocalStream
+from overnight.domain.models import Usage
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
 class EchoChat:
@@ -19,6 +25,28 @@ class EchoChat:
         pass
 
     async def handle(self, endpoint: str, request: dict[str, Any], model_name: str) -> tuple[int, bytes]:
-        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        body = {"id": "chatcmpl-echo", "object": "chat.completion", "model": model_name, "usage": usage}
+        body = {"id": "chatcmpl-echo", "object": "chat.completion", "model": model_name, "usage": USAGE}
         return 200, json.dumps(body).encode()
+
+    async def stream(self, endpoint: str, request: dict[str, Any], model_name: str) -> LocalStream:
+        """One content chunk, the usage chunk when asked, and [DONE]."""
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-echo",
+            "object": "chat.completion.chunk",
+            "model": model_name,
+        }
+        events: list[dict[str, Any]] = [
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "echo"}, "finish_reason": None}]}
+        ]
+        if (request.get("stream_options") or {}).get("include_usage"):
+            events.append({**chunk, "choices": [], "usage": USAGE})
+
+        async def written() -> AsyncIterator[bytes]:
+            for event in events:
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        async def close() -> None:
+            pass
+
+        return LocalStream(written(), close, lambda: Usage(input_tokens=3, output_tokens=2))
