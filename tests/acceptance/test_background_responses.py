@@ -1,9 +1,10 @@
 """Background responses (docs/background.md) through the real server and the official SDK in strict mode:
-create, poll to the end, cancel, an upstream failure passed through, another project's id, and kill -9
-while one is queued or in flight."""
+create, poll to the end, cancel, delete, an upstream failure passed through, another project's id, and
+kill -9 while one is queued or in flight."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,6 +142,75 @@ def test_another_projects_response_is_not_found(client: OpenAI, server: Overnigh
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_0123456789abcdef0123456789abcdef")
     assert wait_for(client, created.id).status == "completed"
+
+
+def assert_gone(client: OpenAI, response_id: str) -> None:
+    """Every route about the response answers as for an id that never was."""
+    message = f"Response with id '{response_id}' not found."
+    for call in (client.responses.retrieve, client.responses.cancel, client.responses.delete):
+        with pytest.raises(openai.NotFoundError, match=message):
+            call(response_id)
+
+
+def test_delete_a_completed_response(client: OpenAI) -> None:
+    done = wait_for(client, create(client).id)
+    assert done.status == "completed"
+    answer = client.responses.with_raw_response.delete(done.id)
+    assert answer.status_code == 200
+    assert answer.http_response.json() == {"id": done.id, "object": "response.deleted", "deleted": True}
+    assert answer.parse() is None  # what `client.responses.delete` returns
+    assert_gone(client, done.id)
+
+
+def test_delete_a_queued_or_in_flight_response_cancels_it(
+    client: OpenAI, upstream: FakeUpstreamProcess
+) -> None:
+    queued = create(client, delay_ms=60_000)
+    client.responses.delete(queued.id)
+    assert_gone(client, queued.id)
+    key = uuid.uuid4().hex
+    running = create(client, delay_ms=60_000, key=key)
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while upstream.stats()["by_key"].get(key, 0) == 0:  # the request has reached the model server
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.responses.delete(running.id)
+    assert_gone(client, running.id)
+    assert wait_for(client, create(client).id).status == "completed"  # the engine goes on as before
+
+
+def test_delete_an_unknown_or_another_projects_response(client: OpenAI, server: OvernightServer) -> None:
+    assert_gone(client, "resp_0123456789abcdef0123456789abcdef")
+    assert_gone(client, "not-a-response-id")
+    created = create(client)
+    other = make_client(server.base_url, "key-b")
+    with pytest.raises(openai.NotFoundError, match=f"Response with id '{created.id}' not found."):
+        other.responses.delete(created.id)
+    assert wait_for(client, created.id).status == "completed"  # untouched
+
+
+def stored_anywhere(data_dir: Path, suffix: str) -> list[str]:
+    """Where the data folder still holds anything named by `suffix`: a blob, or a row of any table."""
+    found = [str(path) for path in (data_dir / "blobs").rglob(f"*{suffix}*")]
+    with sqlite3.connect(f"file:{data_dir / 'overnight.db'}?mode=ro", uri=True) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            found += [f"{table}: {row}" for row in db.execute(f"SELECT * FROM {table}") if suffix in str(row)]
+    return found
+
+
+def test_nothing_of_a_deleted_response_stays_stored(own_server: OvernightServer) -> None:
+    client = make_client(own_server.base_url)
+    done = wait_for(client, create(client).id)
+    cancelled = create(client, delay_ms=60_000)
+    assert client.responses.cancel(cancelled.id).status == "cancelled"
+    kept = wait_for(client, create(client).id)
+    for response_id in (done.id, cancelled.id):
+        suffix = response_id.removeprefix("resp_")
+        assert stored_anywhere(own_server.data_dir, suffix)  # what the check looks for is there at first
+        client.responses.delete(response_id)
+        assert stored_anywhere(own_server.data_dir, suffix) == []
+    assert client.responses.retrieve(kept.id).model_dump() == kept.model_dump()
 
 
 @pytest.fixture

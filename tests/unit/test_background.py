@@ -1,6 +1,7 @@
 """Background responses' pure rules (domain/background.py): ids, the Response at each batch status, the
-upstream's error as a ResponseError, and which cancels OpenAI refuses. Every Response built here is checked
-against the official SDK's `Response` type in strict mode, as a client would read it."""
+upstream's error as a ResponseError, which cancels OpenAI refuses, and what a delete answers. Every
+Response built here is checked against the official SDK's `Response` type in strict mode, as a client
+would read it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from overnight.domain.background import (
     cancel_refusal,
     created_response,
     current_response,
+    deleted_response,
     input_file_id,
     is_background,
     response_id_of_batch,
@@ -199,3 +201,8 @@ def test_the_upstream_body_drops_background_and_refuses_what_it_cannot_do() -> N
         with pytest.raises(InvalidRequest) as raised:
             upstream_body({"model": "m", "background": True, **bad})
         assert raised.value.param == param
+
+
+def test_a_delete_answers_as_openai_does() -> None:
+    response_id = f"resp_{SUFFIX}"
+    assert deleted_response(response_id) == {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -11,6 +11,8 @@ whose one input line, `file-<s>i`, is the request without `background`. Its stat
     cancelling, cancelled             -> cancelled (no output, whatever the line did)
     expired                           -> failed (it did not run within its window)
     failed (the line was refused)     -> failed
+
+Deleting a response removes all of it; one not ended yet is cancelled first (services/background.py).
 """
 
 from __future__ import annotations
@@ -276,3 +278,8 @@ def cancel_refusal(status: str) -> str | None:
         return None
     article = "an" if status[0] in "aeiou" else "a"
     return f"Cannot cancel {article} {status} response."
+
+
+def deleted_response(response_id: str) -> dict[str, Any]:
+    """What `DELETE /v1/responses/{response_id}` answers, as OpenAI's API does."""
+    return {"id": response_id, "object": "response.deleted", "deleted": True}

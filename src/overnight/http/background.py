@@ -1,4 +1,4 @@
-"""Handlers for background responses: `GET /v1/responses/{response_id}` and
+"""Handlers for background responses: `GET` and `DELETE /v1/responses/{response_id}` and
 `POST /v1/responses/{response_id}/cancel`, and the creation that `POST /v1/responses` hands over when
 the body says `background: true` (docs/background.md)."""
 
@@ -37,9 +37,15 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(await request.app[BACKGROUND].cancel(scope_of(request), response_id))
 
 
+async def delete(request: web.Request) -> web.Response:
+    response_id = request.match_info["response_id"]
+    return json_response(await request.app[BACKGROUND].delete(scope_of(request), response_id))
+
+
 def add_routes(app: web.Application, service: BackgroundResponses) -> None:
     """`POST /v1/responses` is the synchronous endpoints' (http/sync.py): they hand a background request
     to `create_background`."""
     app[BACKGROUND] = service
     app.router.add_get("/v1/responses/{response_id}", retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", delete)
     app.router.add_post("/v1/responses/{response_id}/cancel", cancel)

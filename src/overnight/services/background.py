@@ -1,5 +1,6 @@
-"""Background responses: `POST /v1/responses` with `background: true`, then `GET /v1/responses/{id}`
-and `POST /v1/responses/{id}/cancel`, as OpenAI's background mode does them (docs/background.md).
+"""Background responses: `POST /v1/responses` with `background: true`, then `GET /v1/responses/{id}`,
+`POST /v1/responses/{id}/cancel` and `DELETE /v1/responses/{id}`, as OpenAI's background mode does them
+(docs/background.md).
 
 Each response is durable work of the engine: a one-line batch of its project (hidden from lists), so
 it survives restarts and is retried, paced and shared out across workers like any batch line. What the
@@ -25,13 +26,14 @@ from overnight.domain.background import (
     cancel_refusal,
     created_response,
     current_response,
+    deleted_response,
     input_file_id,
     response_id_of_batch,
     upstream_body,
 )
 from overnight.domain.clock import Clock
-from overnight.domain.errors import Conflict, InvalidRequest, NotFound
-from overnight.domain.ids import IdGenerator, blob_key, error_file_id, output_file_id
+from overnight.domain.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from overnight.domain.ids import IdGenerator, blob_key, error_file_id, output_file_id, part_key
 from overnight.domain.lifecycle import TERMINAL
 from overnight.domain.models import Batch, BatchStatus, FileObject
 from overnight.domain.validation import BatchValidator
@@ -42,6 +44,9 @@ log = logging.getLogger("overnight.background")
 ENDPOINT = "/v1/responses"
 FINALIZING_WAIT_S = 10.0  # a cancel that meets a response being written waits this long for its end
 _FINALIZING_POLL_S = 0.05
+# A delete that meets an unfinished response cancels it and waits this long for the engine to end it (a
+# run in flight is given up to 10 s to stop, engine/worker.py RUNS_END_S); past it the client tries again.
+ENDING_WAIT_S = 30.0
 
 
 def response_not_found(response_id: str) -> NotFound:
@@ -166,6 +171,59 @@ class BackgroundResponses:
                 continue
             log.info("background response cancelled id=%s project=%s", response_id, batch.project)
             return {**response, "status": CANCELLED}
+
+    async def delete(self, project: str | None, response_id: str) -> dict[str, Any]:
+        """Delete the response and all of it, if it is the project's (`project` None: of any project); one
+        not ended yet is cancelled first, and deleted once the engine has stopped its work."""
+        stored = await self._ended(project, response_id)
+        batch = stored.batch
+        gone = await self._result_gone(batch)  # past its retention (or a delete cut short): GET says 404
+        for key in await self._content_keys(batch):
+            await self._blobs.delete(key)  # content first: after a crash here, deleting it again ends it
+        deleted = await self._store.delete_background_response(batch.id, project)
+        if gone or not deleted:  # what is left is removed all the same; a delete at the same moment won
+            raise response_not_found(response_id)
+        log.info("background response deleted id=%s project=%s", response_id, batch.project)
+        return deleted_response(response_id)
+
+    async def _ended(self, project: str | None, response_id: str) -> StoredResponse:
+        """The response once its batch has ended: a queued or in-progress one is cancelled, then waited
+        for (at most ENDING_WAIT_S) until the engine has stopped running it and written its files."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ENDING_WAIT_S
+        while True:
+            stored = await self._stored(project, response_id)
+            batch = stored.batch
+            if batch.status in TERMINAL:
+                return stored
+            if loop.time() >= deadline:
+                raise ServiceUnavailable(
+                    f"Response '{response_id}' is still being cancelled; try deleting it again shortly.",
+                    headers=(("retry-after", "2"),),
+                )
+            if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+                try:
+                    await self._batches.cancel(batch.project, batch.id)
+                    log.info("background response cancelled to delete it id=%s", response_id)
+                except Conflict:  # it moved on meanwhile: look again
+                    continue
+            await asyncio.sleep(_FINALIZING_POLL_S)  # finalizing or cancelling: the engine ends it
+
+    async def _result_gone(self, batch: Batch) -> bool:
+        file_id = batch.output_file_id or batch.error_file_id
+        if batch.status is BatchStatus.CANCELLED or file_id is None:
+            return False
+        return not await self._blobs.exists(blob_key(file_id))
+
+    async def _content_keys(self, batch: Batch) -> list[str]:
+        """Every blob of the response: its input, output and error files, and the parts of its result
+        files that a run finished after the batch ended (see engine/janitor.py)."""
+        results = (output_file_id(batch.id), error_file_id(batch.id))
+        keys = [blob_key(file_id) for file_id in (batch.input_file_id, *results)]
+        for shard in await self._store.shards_of(batch.id):
+            if shard.part is not None:
+                keys += [part_key(file_id, shard.part) for file_id in results]
+        return keys
 
     async def _stored(self, project: str | None, response_id: str) -> StoredResponse:
         batch_id = batch_id_of_response(response_id)

@@ -129,6 +129,13 @@ class MetadataStore(Protocol):
         Batch API."""
         ...
 
+    async def delete_background_response(self, batch_id: str, project: str | None) -> bool:
+        """Remove, in one transaction, an ended background response and every row stored of it: its batch
+        and that batch's results, shards, samples and error groups, the records of its input, output and
+        error files, and the Response as created. False, removing nothing, when `get_background_response`
+        finds none or its batch has not ended (in a terminal status). The files' content is the caller's."""
+        ...
+
     # -- usage and budgets ----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         """The batches of a project (None: of every project) created in [start, end), per UTC day of

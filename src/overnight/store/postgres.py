@@ -339,6 +339,9 @@ class PostgresStore:
         row = await self._fetchrow(background.GET, batch_id, project)
         return None if row is None else stored_from_row(tuple(row))
 
+    async def delete_background_response(self, batch_id: str, project: str | None) -> bool:
+        return await self._call(background.delete_background_response(batch_id, project))
+
     # -- usage and budgets -----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         if project is None:

@@ -1,5 +1,5 @@
 """SQL for background responses on PostgreSQL ($n placeholders): a response's batch, input file and
-Response as created, stored in one transaction, and read back by the batch's id."""
+Response as created, stored in one transaction, read back by the batch's id, and deleted with all of it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import asyncpg
 
 from overnight.domain.background import StoredResponse
 from overnight.domain.models import FileObject
-from overnight.store.background_sql import FILE_COLUMNS, STORED_COLUMNS, file_row
+from overnight.store.background_sql import DELETE_STEPS, ENDED, FILE_COLUMNS, STORED_COLUMNS, file_row
 from overnight.store.rows import BATCH_COLUMNS, batch_values
 
 
@@ -30,6 +30,12 @@ GET = (
     f"SELECT {', '.join(STORED_COLUMNS)} FROM batches JOIN background_responses ON batch_id = id"
     " WHERE id = $1 AND project = COALESCE($2::text, project)"  # a project of None: any project
 )
+_ENDED_RESPONSE = (
+    "SELECT 1 FROM batches JOIN background_responses ON batch_id = id"
+    " WHERE id = $1 AND project = COALESCE($2::text, project) AND status = ANY($3::text[])"
+    " FOR UPDATE OF batches"
+)
+_DELETE = tuple(step.format(id="$1") for step in DELETE_STEPS)
 
 
 def add_background_response(
@@ -46,5 +52,21 @@ def add_background_response(
             await conn.execute(_ADD_BATCH, *(values[column] for column in BATCH_COLUMNS))
             await conn.execute(_ADD_RESPONSE, batch.id, json.dumps(stored.created))
             await conn.execute(_HIDE_FILES, list(hidden_files), batch.id)
+
+    return run
+
+
+def delete_background_response(
+    batch_id: str, project: str | None
+) -> Callable[[asyncpg.Pool], Awaitable[bool]]:
+    """The store call that deletes an ended response and all of it in one transaction."""
+
+    async def run(pool: asyncpg.Pool) -> bool:
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_ENDED_RESPONSE, batch_id, project, ENDED) is None:
+                return False
+            for statement in _DELETE:
+                await conn.execute(statement, batch_id)
+        return True
 
     return run

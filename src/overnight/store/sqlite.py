@@ -402,6 +402,9 @@ class SqliteStore:
     async def get_background_response(self, batch_id: str, project: str | None) -> StoredResponse | None:
         return await self._call(background.get_background_response, batch_id, project)
 
+    async def delete_background_response(self, batch_id: str, project: str | None) -> bool:
+        return await self._call(background.delete_background_response, batch_id, project)
+
     # -- usage and budgets -----------------------------------------------------------------------
     async def usage_by_day(self, project: str | None, start: int, end: int) -> list[DailyUsage]:
         return await self._call(usage.usage_by_day, project, start, end)

@@ -1,5 +1,5 @@
 """SQL for background responses on SQLite (on the store's thread): a response's batch, input file and
-Response as created, stored together, and read back by the batch's id."""
+Response as created, stored together, read back by the batch's id, and deleted with all of it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from collections.abc import Sequence
 
 from overnight.domain.background import StoredResponse
 from overnight.domain.models import FileObject
-from overnight.store.background_sql import FILE_COLUMNS, STORED_COLUMNS, file_row, stored_from_row
+from overnight.store.background_sql import (
+    DELETE_STEPS,
+    ENDED,
+    FILE_COLUMNS,
+    STORED_COLUMNS,
+    file_row,
+    stored_from_row,
+)
 from overnight.store.rows import BATCH_COLUMNS, batch_values
-from overnight.store.sqlite_tx import transaction
+from overnight.store.sqlite_tx import placeholders, transaction
 
 
 def _marks(count: int) -> str:
@@ -27,6 +34,11 @@ _GET = (
     f"SELECT {', '.join(STORED_COLUMNS)} FROM batches JOIN background_responses ON batch_id = id"
     " WHERE id = ? AND project = COALESCE(?, project)"  # a project of None: any project
 )
+_ENDED_RESPONSE = (
+    "SELECT 1 FROM batches JOIN background_responses ON batch_id = id"
+    f" WHERE id = ? AND project = COALESCE(?, project) AND status IN ({placeholders(len(ENDED))})"
+)
+_DELETE = tuple(step.format(id="?") for step in DELETE_STEPS)
 
 
 def add_background_response(
@@ -47,3 +59,12 @@ def get_background_response(
 ) -> StoredResponse | None:
     row = conn.execute(_GET, (batch_id, project)).fetchone()
     return None if row is None else stored_from_row(tuple(row))
+
+
+def delete_background_response(conn: sqlite3.Connection, batch_id: str, project: str | None) -> bool:
+    with transaction(conn):
+        if conn.execute(_ENDED_RESPONSE, (batch_id, project, *ENDED)).fetchone() is None:
+            return False
+        for statement in _DELETE:
+            conn.execute(statement, (batch_id,))
+    return True
