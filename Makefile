@@ -49,8 +49,15 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# batchata needs Python 3.12+: the clients' environment takes python3.12 or python3.13 where there is one
+# (pyenv's too), else $(PYTHON), without batchata (its test then says so).
+CLIENTS_PYTHON ?= $(or $(firstword $(foreach p,python3.12 python3.13,$(shell \
+  PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | paste -sd: -)" $(p) -c 'import sys; print(sys.executable)' \
+  2>/dev/null))),$(PYTHON))
+
 $(CLIENTS)/.ready: tests/support/client_libraries.txt
-	$(PYTHON) -m venv $(CLIENTS)
+	rm -rf $(CLIENTS)
+	$(CLIENTS_PYTHON) -m venv $(CLIENTS)
 	$(CLIENTS)/bin/pip install --quiet -r tests/support/client_libraries.txt
 	@touch $@
 

@@ -271,3 +271,66 @@ def test_a_large_input_never_sits_in_memory(server: OvernightServer, tmp_path: P
     assert len(state["parts"]) == 4
     assert all(part["bytes"] <= 40 * 1024 * 1024 for part in state["parts"])
     assert_one_result_per_line(output, [line["custom_id"] for line in lines])
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _three_collected_and_the_last_submitted(state: dict[str, Any]) -> bool:
+    parts = state["parts"]
+    return sum(p["collected"] for p in parts) == 3 and all(p["batch_id"] is not None for p in parts)
+
+
+def test_ctrl_c_midway_keeps_every_result_and_the_same_command_finishes(
+    server: OvernightServer, upstream: FakeUpstreamProcess, client: OpenAI, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C) while the last part's batch is held on the upstream: the parts collected so far
+    stay collected, and the same command run again picks up the same batches and runs no line twice."""
+    run = uuid.uuid4().hex[:8]
+    held = {198, 199}  # two lines of the last part wait on the upstream until released
+    lines = [
+        chat(f"i{i}", fake={"key": f"int-{run}-{i}", **({"hold": True} if i in held else {})})
+        for i in range(200)
+    ]
+    source = write_lines(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    command = overnight_command(
+        "submit", source, "-o", output, "--base-url", server.base_url, "--max-lines", "50",
+        "--poll-interval", "0.1",
+    )  # fmt: skip
+    first = subprocess.Popen(  # SIGINT as a terminal's Ctrl-C sends it: a shell's `&` may ignore it
+        command, cwd=tmp_path, env=client_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+    try:
+        try:
+            before = wait_for_state(output, _three_collected_and_the_last_submitted, first)
+        finally:
+            first.send_signal(signal.SIGINT)
+            _, stderr = first.communicate(timeout=60)
+    finally:
+        upstream.control(release=-1)
+
+    assert first.returncode == 130, stderr.decode()[-3000:]
+    said = stderr.decode()
+    assert "interrupted. Every result collected so far is kept" in said
+    assert "Traceback" not in said
+    interrupted = read_state(output)
+    assert interrupted is not None
+    assert not interrupted["finished"]
+    collected = [part for part in interrupted["parts"] if part["collected"]]
+    assert [(part["succeeded"], part["failed"]) for part in collected] == [(50, 0)] * 3
+    assert [part["name"] for part in collected] == [p["name"] for p in before["parts"] if p["collected"]]
+
+    result = run_overnight(*command[3:], cwd=tmp_path)
+
+    assert result.returncode == EXIT_ALL_SUCCEEDED, result.stderr[-3000:]
+    assert f"resuming job {interrupted['job_id']}: 3 of 4 parts collected" in result.stderr
+    assert_one_result_per_line(output, [line["custom_id"] for line in lines])
+    after = read_state(output)
+    assert after is not None
+    assert [p["batch_id"] for p in after["parts"]] == [p["batch_id"] for p in interrupted["parts"]]
+    assert len(_batches_of(client, interrupted["job_id"])) == 4  # none made again
+    by_key = upstream.stats()["by_key"]
+    assert all(by_key[f"int-{run}-{i}"] == 1 for i in range(200) if i not in held)  # none run twice

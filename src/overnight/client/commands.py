@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
+from overnight.client.words import plural
 from overnight.domain import limits
 from overnight.domain.limits import parse_window
 
@@ -272,7 +273,7 @@ async def _results(api: BatchApi, batch_id: str, output: Path | None, out: Binar
         count = await _copy(api, file_id, path, out)
         written[label] = (count, path)
     for label, (count, path) in written.items():
-        print(f"{label}: {count:,} lines" + (f" in {path}" if path else ""), file=sys.stderr)
+        print(f"{label}: {plural(count, 'line')}" + (f" in {path}" if path else ""), file=sys.stderr)
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from overnight.client.plan import PartLimits, Plan, plan_input, write_retry_part
 from overnight.client.progress import ProgressView, Tally
 from overnight.client.report import errors_path, make_summary, print_problems, print_summary, write_results
 from overnight.client.state import InputFingerprint, JobState, PartState, StateError
+from overnight.client.words import plural
 
 EXIT_ALL_SUCCEEDED: Final = 0
 EXIT_SOME_FAILED: Final = 1
@@ -167,8 +168,9 @@ def _new_job(options: SubmitOptions, base_url: str) -> Plan | tuple[JobState, Li
     )
     job_state.save(options.state_path, state)
     print(
-        f"overnight submit: {plan.total:,} lines in {len(plan.parts)} part(s) of at most "
-        f"{limits.max_lines:,} lines for {base_url} (job {state.job_id}; state in {options.state_path})",
+        f"overnight submit: {plural(plan.total, 'line')} in {plural(len(plan.parts), 'part')} of at most "
+        f"{plural(limits.max_lines, 'line')} for {base_url} "
+        f"(job {state.job_id}; state in {options.state_path})",
         file=sys.stderr,
         flush=True,
     )
@@ -204,7 +206,8 @@ def _resume(state: JobState, options: SubmitOptions, base_url: str) -> LineIndex
         raise JobError(f"{index_path} is gone; remove {options.state_path} to start over")
     collected = sum(part.collected for part in state.parts)
     print(
-        f"overnight submit: resuming job {state.job_id}: {collected} of {len(state.parts)} part(s) collected",
+        f"overnight submit: resuming job {state.job_id}: {collected:,} of {plural(len(state.parts), 'part')} "
+        "collected",
         file=sys.stderr,
         flush=True,
     )
@@ -286,7 +289,9 @@ def _plan_retries(ctx: JobContext, options: SubmitOptions, number: int) -> bool:
     )
     ctx.save()
     lines = sum(part.lines for part in parts)
-    ctx.view.note(f"retry round {number}: {lines:,} line(s) worth another try, in {len(parts)} part(s)")
+    ctx.view.note(
+        f"retry round {number}: {plural(lines, 'line')} worth another try, in {plural(len(parts), 'part')}"
+    )
     return True
 
 

@@ -28,6 +28,7 @@ from overnight.client.outcomes import (
 )
 from overnight.client.progress import ProgressView, Tally
 from overnight.client.state import JobState, PartState
+from overnight.client.words import plural
 from overnight.domain.results import NOT_RUN_MESSAGES
 
 _DRAIN_TRIES = 20
@@ -99,7 +100,7 @@ async def _submit(ctx: JobContext, part: PartState) -> None:
     part.batch_id = batch.id
     part.status = batch.status
     ctx.save()
-    ctx.view.note(f"{part.name}: {part.lines:,} lines of {part.model} submitted as {batch.id}")
+    ctx.view.note(f"{part.name}: {plural(part.lines, 'line')} of {part.model} submitted as {batch.id}")
 
 
 async def _watch(ctx: JobContext, part: PartState) -> Batch:

@@ -11,13 +11,17 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Final, Never, TextIO
+from typing import Any, Final, TextIO
 
 from tqdm import tqdm
 
+from overnight.client import words
+
 PLAIN_EVERY_S: Final = 10.0
 _RATE_WINDOW_S: Final = 60.0
+_STALL_S: Final = 30.0  # a pause this long starts to lower the rate
 
 
 @dataclass(slots=True)
@@ -58,20 +62,43 @@ class Tally:
 
 
 class _Rate:
-    """Lines per second over the last minute."""
+    """Lines per second over about the last minute, measured up to the latest change of the count.
+
+    Results arrive in groups (one per poll, one per flush on the server), so the count stands still between
+    them. Measuring to the latest change keeps the rate steady across those pauses, where lines so far over
+    time so far would sink until the next group; only a pause longer than `_STALL_S` lowers it, smoothly.
+    """
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, int]] = deque()
+        self._changes: deque[tuple[float, int]] = deque()  # (when, count): the first sample, then changes
 
-    def add(self, done: int) -> float | None:
-        now = time.monotonic()
-        self._samples.append((now, done))
-        while len(self._samples) > 2 and now - self._samples[0][0] > _RATE_WINDOW_S:
-            self._samples.popleft()
-        first_at, first_done = self._samples[0]
-        if now - first_at < 1.0:
+    def add(self, done: int, now: float | None = None) -> float | None:
+        """Note the count; the rate, or None before there is one (under a second measured, no change)."""
+        now = time.monotonic() if now is None else now
+        if not self._changes or done != self._changes[-1][1]:
+            self._changes.append((now, done))
+        while len(self._changes) > 2 and now - self._changes[1][0] > _RATE_WINDOW_S:
+            self._changes.popleft()
+        first_at, first_done = self._changes[0]
+        last_at, last_done = self._changes[-1]
+        span = max(last_at - first_at, now - first_at - _STALL_S)
+        if span < 1.0 or last_done == first_done:
             return None
-        return (done - first_done) / (now - first_at)
+        return max(0.0, (last_done - first_done) / span)
+
+
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm with the rate (and so the ETA) from `_Rate`: the bar's count is set, not stepped, so tqdm's own
+    estimate would be lines over the whole time, sinking while the count stands still."""
+
+    measured_rate: float | None = None
+
+    @property
+    def format_dict(self) -> MutableMapping[str, Any]:
+        values = super().format_dict
+        if self.measured_rate is not None:
+            values["rate"] = self.measured_rate
+        return values
 
 
 def _duration(seconds: float) -> str:
@@ -99,10 +126,10 @@ class ProgressView:
         self._tally = tally
         self._stream = stream
         use_bar = stream.isatty() if bar is None else bar
-        self._bar: tqdm[Never] | None = None
+        self._bar: _Bar | None = None
         if use_bar:
             sized = _knows_size(stream)
-            self._bar = tqdm(
+            self._bar = _Bar(
                 total=tally.total,
                 initial=tally.done,
                 file=stream,
@@ -111,7 +138,6 @@ class ProgressView:
                 dynamic_ncols=sized,
                 ncols=None if sized else 100,
                 nrows=None if sized else 24,
-                smoothing=0.05,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}",
             )
         self._rate = _Rate()
@@ -132,6 +158,7 @@ class ProgressView:
             postfix += f", retry round {tally.round}"
         if self._bar is not None:
             self._bar.n = tally.done
+            self._bar.measured_rate = rate
             self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.refresh()
             return
@@ -141,12 +168,12 @@ class ProgressView:
         self._last_plain = now
         if rate:
             eta = _duration((tally.total - tally.done) / rate) if tally.done < tally.total else "0s"
-            speed = f"{rate:,.0f} lines/s, ETA {eta}"
+            speed = f"{words.rate(rate)}, ETA {eta}"
         else:
             speed = "rate unknown yet"
         self.note(
             f"{tally.done:,}/{tally.total:,} done ({tally.succeeded:,} succeeded, {tally.failed:,} failed), "
-            f"{speed}, {tally.running} batch(es) running"
+            f"{speed}, {words.plural(tally.running, 'batch', 'batches')} running"
             + (f", retry round {tally.round}" if tally.round else "")
         )
 

@@ -9,6 +9,7 @@ from typing import TextIO
 from overnight.client.index import LineIndex
 from overnight.client.outcomes import NO_RESULT, not_run_line
 from overnight.client.state import JobState, Summary
+from overnight.client.words import plural
 from overnight.domain.models import BatchError
 
 
@@ -83,7 +84,9 @@ def print_summary(state: JobState, output: Path, stream: TextIO) -> None:
     if retried:
         rounds = max(part.round for part in retried)
         lines = sum(part.lines for part in retried)
-        print(f"  retries: {lines:,} line tries in {rounds} round(s)", file=stream)
+        print(
+            f"  retries: {plural(lines, 'line try', 'line tries')} in {plural(rounds, 'round')}", file=stream
+        )
     print(f"  parts:   {len(state.parts)}", file=stream)
     for part in state.parts:
         print(
@@ -91,9 +94,9 @@ def print_summary(state: JobState, output: Path, stream: TextIO) -> None:
             f"{part.status or '-'}  {part.succeeded:,} ok, {part.failed:,} failed",
             file=stream,
         )
-    print(f"  results: {output} ({summary.total:,} lines, in input order)", file=stream)
+    print(f"  results: {output} ({plural(summary.total, 'line')}, in input order)", file=stream)
     if summary.failed:
-        print(f"  failed:  {errors_path(output)} ({summary.failed:,} lines)", file=stream)
+        print(f"  failed:  {errors_path(output)} ({plural(summary.failed, 'line')})", file=stream)
 
 
 def make_summary(index: LineIndex, wall_s: float) -> Summary:
