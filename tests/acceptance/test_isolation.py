@@ -226,6 +226,13 @@ def _dashboard_batch(path: str) -> Callable[[World], None]:
     return case
 
 
+def _dashboard_costs(world: World) -> None:
+    """Beta's costs page shows nothing of alpha's usage; the admin's shows alpha's."""
+    assert assert_answer_clean(world, "GET", "/ui/costs?days=366", api=False) == 200
+    with _http(world, world.admin, api=False) as http:
+        assert ">alpha<" in http.get("/ui/costs?days=366").text
+
+
 def _dashboard_download(world: World) -> None:
     for file_id in world.files:
         assert_hidden(world, "GET", "/ui/files/{id}/content", file_id, api=False)
@@ -268,12 +275,14 @@ CASES: dict[Route, Callable[[World], None]] = {
     ("POST", "/v1/moderations"): _sync("/v1/moderations", {"input": "beta"}),
     ("GET", "/v1/responses/{response_id}"): _the_response("GET", "/v1/responses/{id}"),
     ("POST", "/v1/responses/{response_id}/cancel"): _the_response("POST", "/v1/responses/{id}/cancel"),
+    ("DELETE", "/v1/responses/{response_id}"): _the_response("DELETE", "/v1/responses/{id}"),
     ("GET", "/"): _dashboard_list("/"),
     ("GET", "/ui/fragments/batches"): _dashboard_list("/ui/fragments/batches"),
     ("GET", "/ui/batches/{batch_id}"): _dashboard_batch("/ui/batches/{id}"),
     ("GET", "/ui/fragments/batches/{batch_id}"): _dashboard_batch("/ui/fragments/batches/{id}"),
     ("POST", "/ui/batches/{batch_id}/cancel"): _the_batch("POST", "/ui/batches/{id}/cancel", api=False),
     ("GET", "/ui/files/{file_id}/content"): _dashboard_download,
+    ("GET", "/ui/costs"): _dashboard_costs,
     ("GET", "/ui/signin"): _clean("GET", "/ui/signin", api=False, follow_redirects=False),
     ("POST", "/ui/signin"): lambda world: _ignore(
         assert_answer_clean(world, "POST", "/ui/signin", api=False, data={"key": world.beta})
