@@ -76,7 +76,7 @@ def test_a_delay_just_over_the_target_steps_down_not_halves() -> None:
     drive = Driver(win)
     drive.answers(400, BASE_S)
     before = win.size
-    for _ in range(10 * win.limit):  # a few epochs, the filter's quantile moving in the first
+    for _ in range(20 * win.limit):  # a few epochs: the filter's quantile moves, the slow start ends
         drive.answer(BASE_S + 1.5 * TARGET_S)
         if win.size != before:
             break

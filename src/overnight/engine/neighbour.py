@@ -17,8 +17,8 @@ Pure: no I/O and no asyncio; every decision takes the time as an argument.
   last `noise_filter` answers' delays (noise spreads them upward, a queue delays every answer). Once an
   epoch (a round trip, and at least EPOCH_ANSWERS answers per request the window allows) the epoch's mean
   delay is compared with the target: far over it the window shrinks multiplicatively, the more the
-  further over, over it it steps down, under it it steps up, and doubles instead
-  until the first shrink (TCP's slow start); it grows only while it is full. A reading that shows only
+  further over, over it it steps down, under it it steps up, and doubles instead until the first
+  epoch over the target (TCP's slow start); it grows only while it is full. A reading that shows only
   the server's queue shrinks it once per reading while more than a few wait, holds it while a few wait,
   and lets the delay signal grow it while none waits (shrinking only when grossly over).
 * A feed whose deadline is near and whose lines cannot finish at the current rate raises the floor to
@@ -41,7 +41,8 @@ BASE_QUANTILE = 0.1  # the base latency, and the filtered queue delay, are this 
 _BUCKETS_PER_DOUBLING = 32  # the base latency's histogram: buckets about 2 % wide
 EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the window allows
 TRACKING_S = 0.5  # load signal: the window follows the server's occupancy with this time constant
-DELAY_DECREASE = 0.15  # delay signal: the window gives back this share per target it is over (at most 30 %)
+CALM_STEPS = 2  # delay signal: the most steps one epoch grows the window by, after a calm spell
+DELAY_DECREASE = 0.08  # delay signal: the window gives back this share per target it is over (at most 30 %)
 LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
 DEADLINE_SAFETY = 0.8  # a feed should finish within this share of the time its deadline leaves
 EVERYTHING = 2**31  # the concurrency a feed needs when no time, or next to none, is left
@@ -170,7 +171,7 @@ class NeighbourSettings:
     decrease_factor: float = 0.7  # a queue the server reports, or a gross slowdown
     smoothing: float = 0.2  # weight of each new delay sample in the smoothed delay
     waiting_threshold: int = 2  # a reading without `running`: shrink while more than this many wait
-    step: float = 0.5  # additive change per epoch
+    step: float = 1.0  # additive change per epoch
     noise_filter: int = 32  # a delay sample is BASE_QUANTILE of this many answers' delays
     headroom: int = 0  # load signal: requests it aims for at the server over its slots (< 0: kept free)
     follow_s: float = TRACKING_S  # load signal: the time constant it follows the readings with
@@ -210,6 +211,7 @@ class NeighbourWindow:
         self.share = 1.0
         self.overrides: dict[str, int] = {}  # batch id -> concurrency its deadline needs
         self._slow_start = True
+        self._calm = 0  # delay signal: epochs in a row under the target
         self._recent: deque[float] = deque(maxlen=settings.noise_filter)
         self._last_reading = -1
         self._tracked_at: float | None = None  # when the last reading with `running` was followed
@@ -295,17 +297,20 @@ class NeighbourWindow:
                 self._shrink(now)
             elif load.waiting == 0 and used:  # a few waiting: hold
                 self._grow()
-        elif mean > 2 * target:  # LEDBAT: the further over, the more it gives back
+            return
+        self._calm = 0 if mean > target else self._calm + 1
+        if mean > 2 * target:  # LEDBAT: the further over, the more it gives back
             given_back = min(1 - self.settings.decrease_factor, DELAY_DECREASE * (mean / target - 1))
             self._shrink(now, 1 - given_back)
-        elif mean > target:
+        elif mean > target and self._slow_start:  # the slow start ends here, where it is
             self._slow_start = False
+        elif mean > target:
             self.size = max(float(self.minimum), self.size - self.settings.step)
-        elif used:
-            self._grow()
+        elif used:  # the longer nothing queued, the faster it probes again (every other epoch, a step more)
+            self._grow(min(CALM_STEPS, 1 + self._calm // 2))
 
-    def _grow(self) -> None:
-        grown = self.size * 2 if self._slow_start else self.size + self.settings.step
+    def _grow(self, steps: int = 1) -> None:
+        grown = self.size * 2 if self._slow_start else self.size + steps * self.settings.step
         self.size = min(float(self.settings.maximum), grown)
 
     def _shrink(self, now: float, factor: float | None = None) -> None:
