@@ -16,8 +16,9 @@ Pure: no I/O and no asyncio; every decision takes the time as an argument.
   latency over the base latency of its shape, filtered much as LEDBAT does: the same low quantile of the
   last `noise_filter` answers' delays (noise spreads them upward, a queue delays every answer). Once an
   epoch (a round trip, and at least EPOCH_ANSWERS answers per request the window allows) the epoch's mean
-  delay is compared with the target: far over it the window shrinks multiplicatively, the more the
-  further over, over it it steps down, under it it steps up, and doubles instead until the first
+  delay is compared with the target (an epoch over it counts only once the next is over too, unless it
+  is far over: noise flickers, a queue stays): far over it the window shrinks multiplicatively, the more
+  the further over, over it it steps down, under it it steps up, and doubles instead until the first
   epoch over the target (TCP's slow start); it grows only while it is full. A reading that shows only
   the server's queue shrinks it once per reading while more than a few wait, holds it while a few wait,
   and lets the delay signal grow it while none waits (shrinking only when grossly over).
@@ -41,6 +42,7 @@ BASE_QUANTILE = 0.1  # the base latency, and the filtered queue delay, are this 
 _BUCKETS_PER_DOUBLING = 32  # the base latency's histogram: buckets about 2 % wide
 EPOCH_ANSWERS = 4  # an epoch takes at least this many answers per request the window allows
 TRACKING_S = 0.5  # load signal: the window follows the server's occupancy with this time constant
+OVER_EPOCHS = 2  # delay signal: epochs in a row over the target before it gives back (unless far over)
 CALM_STEPS = 2  # delay signal: the most steps one epoch grows the window by, after a calm spell
 DELAY_DECREASE = 0.08  # delay signal: the window gives back this share per target it is over (at most 30 %)
 LOAD_DELAY_FACTOR = 4  # with a fresh load reading, the delay signal shrinks the window only this far over
@@ -212,6 +214,7 @@ class NeighbourWindow:
         self.overrides: dict[str, int] = {}  # batch id -> concurrency its deadline needs
         self._slow_start = True
         self._calm = 0  # delay signal: epochs in a row under the target
+        self._over = 0  # and over it
         self._recent: deque[float] = deque(maxlen=settings.noise_filter)
         self._last_reading = -1
         self._tracked_at: float | None = None  # when the last reading with `running` was followed
@@ -298,13 +301,16 @@ class NeighbourWindow:
             elif load.waiting == 0 and used:  # a few waiting: hold
                 self._grow()
             return
-        self._calm = 0 if mean > target else self._calm + 1
+        over = mean > target
+        self._calm, self._over = (0, self._over + 1) if over else (self._calm + 1, 0)
+        if over and self._over < OVER_EPOCHS and mean <= LOAD_DELAY_FACTOR * target:
+            return  # once over could be noise: a queue is still there next epoch
         if mean > 2 * target:  # LEDBAT: the further over, the more it gives back
             given_back = min(1 - self.settings.decrease_factor, DELAY_DECREASE * (mean / target - 1))
             self._shrink(now, 1 - given_back)
-        elif mean > target and self._slow_start:  # the slow start ends here, where it is
+        elif over and self._slow_start:  # the slow start ends here, where it is
             self._slow_start = False
-        elif mean > target:
+        elif over:
             self.size = max(float(self.minimum), self.size - self.settings.step)
         elif used:  # the longer nothing queued, the faster it probes again (every other epoch, a step more)
             self._grow(min(CALM_STEPS, 1 + self._calm // 2))
