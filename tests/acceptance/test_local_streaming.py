@@ -6,9 +6,8 @@ client that leaves mid-stream stops the generation and leaves the server answeri
 from __future__ import annotations
 
 import importlib.util
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from openai import OpenAI
 from acceptance.conftest import make_client
 from overnight.backends.local import chat
 from support.server import OvernightServer
+from support.webhook_receiver import wait_until
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or chat.gguf_path() is None,
@@ -61,14 +61,6 @@ def counted(server: OvernightServer, endpoint: str) -> tuple[float, float, float
     )
 
 
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {WAIT_S} s")
-        time.sleep(0.02)
-
-
 def test_a_greedy_chat_stream_is_the_whole_answer_token_by_token(client: OpenAI) -> None:
     whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=48)
     stream = client.chat.completions.create(
@@ -108,7 +100,7 @@ def test_a_stream_counts_its_usage_without_include_usage(client: OpenAI, server:
         )
     )
     assert all(chunk.usage is None for chunk in chunks)
-    until(lambda: counted(server, endpoint)[0] == before[0] + 1, "the stream counted")
+    wait_until(lambda: counted(server, endpoint)[0] == before[0] + 1, "the stream counted", WAIT_S)
     after = counted(server, endpoint)
     assert whole.usage is not None
     assert (after[1] - before[1], after[2] - before[2]) == (
@@ -160,7 +152,7 @@ def test_a_client_leaving_mid_stream_stops_the_generation(client: OpenAI, server
     first = next(iter(stream))
     assert first.choices[0].text
     stream.close()
-    until(lambda: counted(server, endpoint)[0] == before[0] + 1, "the closed stream counted")
+    wait_until(lambda: counted(server, endpoint)[0] == before[0] + 1, "the closed stream counted", WAIT_S)
     generated = counted(server, endpoint)[2] - before[2]
     assert 0 < generated < whole.usage.completion_tokens  # stopped when the client left
     # and the server answers the next request (the model's instance was given back)

@@ -24,6 +24,7 @@ from openai.types.responses import Response
 from overnight.backends.local import chat
 from overnight.backends.local.base import LocalModel, Refusal
 from overnight.backends.local.chat_requests import CHAT, COMPLETIONS, RESPONSES, parse
+from support.sdk_types import no_unknown_keys
 
 _MISSING = (
     "llama-cpp-python is not installed"
@@ -60,15 +61,7 @@ async def chat_ok(model: chat.SmolLmChat, **body: Any) -> dict[str, Any]:
 
 def strict(kind: type[OpenAIModel], data: dict[str, Any]) -> None:
     """Valid for the SDK's type in strict mode, with no key the type does not know, at any depth."""
-    validated = kind.model_validate(data, strict=True)
-    stack: list[Any] = [validated]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, OpenAIModel):
-            assert not item.model_extra, f"{type(item).__name__} has unknown keys {item.model_extra}"
-            stack.extend(getattr(item, name) for name in type(item).model_fields)
-        elif isinstance(item, list):
-            stack.extend(item)
+    no_unknown_keys(kind.model_validate(data, strict=True))
 
 
 # -- the model ----------------------------------------------------------------------------------------

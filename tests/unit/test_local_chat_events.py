@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-from openai import BaseModel as OpenAIModel
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
@@ -28,20 +27,10 @@ from overnight.backends.local.chat_events import (
 )
 from overnight.backends.local.chat_requests import CHAT, COMPLETIONS, RESPONSES, Generation, parse
 from overnight.backends.local.chat_stream import Chunks, TokenCounter, generation_steps
+from support.sdk_types import no_unknown_keys
 
 MODEL = "smollm2-135m-instruct"
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def no_unknown_keys(validated: OpenAIModel) -> None:
-    stack: list[Any] = [validated]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, OpenAIModel):
-            assert not item.model_extra, f"{type(item).__name__} has unknown keys {item.model_extra}"
-            stack.extend(getattr(item, name) for name in type(item).model_fields)
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def sse(data: bytes) -> list[tuple[str | None, str]]:
